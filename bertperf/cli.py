@@ -1,0 +1,36 @@
+"""The `bertperf` command. Each subcommand lives in its own module with a `main(argv)`; this file
+only dispatches, importing the module lazily so `bertperf --help` stays fast."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bertperf.utils.errors import run_cli
+
+# name -> (module with main(argv) -> int, one-line help)
+COMMANDS = {
+    "prepare": ("bertperf.data.prepare", "Wikipedia dump or text -> masked-LM/NSP HDF5 shards"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: bertperf COMMAND [options]   (bertperf COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bertperf: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return run_cli(lambda: module.main(rest), prog=f"bertperf {name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
