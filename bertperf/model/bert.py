@@ -1,0 +1,266 @@
+"""The BERT encoder: embeddings, post-LN transformer layers, pooler.
+
+Architecture as in the original BERT (Devlin et al. 2019, google-research/bert `modeling.py`):
+post-LN sublayers ``x = LayerNorm(x + Dropout(Sublayer(x)))``, erf GELU, learned absolute
+position embeddings, segment (token type) embeddings, a tanh pooler on [CLS].
+
+Parameters use bertperf's own names; the attention's query, key and value projections are ONE
+fused Linear (h -> 3h, rows ordered q | k | v) so a single GEMM produces all three.
+`bertperf.convert.hf` maps the names to and from HuggingFace's (splitting / concatenating q, k, v).
+
+Fusable points. Each is one call of a small function below, so `BertConfig.kernel_backend` can
+route it to a fused op without touching the model code:
+
+* `bias_dropout_residual_layer_norm`  after the attention-output and the FFN-output GEMMs
+* `bias_gelu`                         after the FFN-input GEMM (and in the MLM transform)
+* `attention`                         softmax(Q K^T / sqrt(d) + mask) V with attention dropout
+* `layer_norm`                        plain LayerNorm (embeddings, MLM transform)
+
+The GEMMs run without their bias (`F.linear(x, W)`); the bias is handed to the fused point.
+Only the "torch" backend (eager composites) is implemented so far.
+
+Shapes: B batch, S sequence length, h hidden size, A heads, d = h / A head size, I FFN width.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertperf.model.config import MODEL_KERNEL_BACKENDS, BertConfig
+from bertperf.utils.errors import BertperfError
+
+T = TypeVar("T", bound="BertPreTrainedModel")
+
+
+# ----------------------------------------------------------------------------------------------
+# Fusable points (one function each; "torch" = eager composite)
+# ----------------------------------------------------------------------------------------------
+
+
+def _unsupported(backend: str) -> BertperfError:
+    return BertperfError(
+        f"setting `kernel_backend` is {backend!r}; the model implements "
+        f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} so far: set kernel_backend to \"torch\"")
+
+
+def bias_dropout_residual_layer_norm(y: Tensor, bias: Tensor, residual: Tensor, norm: nn.LayerNorm,
+                                     p: float, training: bool, backend: str) -> Tensor:
+    """LayerNorm(Dropout(y + bias) + residual): the post-LN sublayer output.
+
+    y, residual: [..., h]; bias: [h]; returns [..., h]."""
+    if backend != "torch":
+        raise _unsupported(backend)
+    x = F.dropout(y + bias.to(y.dtype), p, training)
+    return F.layer_norm(x + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def bias_gelu(y: Tensor, bias: Tensor, backend: str) -> Tensor:
+    """GELU(y + bias) with the exact erf GELU. y: [..., n]; bias: [n]."""
+    if backend != "torch":
+        raise _unsupported(backend)
+    return F.gelu(y + bias.to(y.dtype))
+
+
+def layer_norm(x: Tensor, norm: nn.LayerNorm, backend: str) -> Tensor:
+    """LayerNorm over the last dimension with `norm`'s parameters."""
+    if backend != "torch":
+        raise _unsupported(backend)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, training: bool,
+              backend: str) -> Tensor:
+    """softmax(q k^T / sqrt(d), masked) v with dropout p on the probabilities.
+
+    q, k, v: [B, A, S, d]; mask: bool [B, 1, 1, S] (True = attend) or None; returns [B, A, S, d].
+    A query row whose keys are all masked would give NaN: every sequence needs one valid token."""
+    if backend != "torch":
+        raise _unsupported(backend)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class BertEmbeddings(nn.Module):
+    """word + position + segment embeddings, LayerNorm, dropout.
+
+    Parameters: word [V, h], position [P, h], token_type [T, h], norm (LayerNorm h)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
+        """input_ids, segment_ids: int [B, S] -> [B, S, h]."""
+        s = input_ids.shape[1]
+        pos = torch.arange(s, device=input_ids.device)
+        x = self.word(input_ids) + self.token_type(segment_ids) + self.position(pos)
+        x = layer_norm(x, self.norm, self.config.kernel_backend)
+        return F.dropout(x, self.config.hidden_dropout_prob, self.training)
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer layer.
+
+    Parameters: qkv [3h, h] (+3h bias; rows q | k | v), attn_out [h, h], attn_norm,
+    ffn_in [I, h], ffn_out [h, I], ffn_norm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        h, i = config.hidden_size, config.intermediate_size
+        self.config = config
+        self.qkv = nn.Linear(h, 3 * h)
+        self.attn_out = nn.Linear(h, h)
+        self.attn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(h, i)
+        self.ffn_out = nn.Linear(i, h)
+        self.ffn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x: [B, S, h]; mask: bool [B, 1, 1, S] or None -> [B, S, h]."""
+        cfg = self.config
+        be, b, s, h = cfg.kernel_backend, x.shape[0], x.shape[1], cfg.hidden_size
+        a, d = cfg.num_attention_heads, cfg.head_size
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, S, 3h]
+        q, k, v = qkv.view(b, s, 3, a, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, A, S, d]
+        ctx = attention(q, k, v, mask, cfg.attention_probs_dropout_prob, self.training, be)
+        ctx = ctx.transpose(1, 2).reshape(b, s, h)
+        x = bias_dropout_residual_layer_norm(
+            F.linear(ctx, self.attn_out.weight), self.attn_out.bias, x, self.attn_norm,
+            cfg.hidden_dropout_prob, self.training, be)
+        mid = bias_gelu(F.linear(x, self.ffn_in.weight), self.ffn_in.bias, be)  # [B, S, I]
+        return bias_dropout_residual_layer_norm(
+            F.linear(mid, self.ffn_out.weight), self.ffn_out.bias, x, self.ffn_norm,
+            cfg.hidden_dropout_prob, self.training, be)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base class: init, from_pretrained / save_pretrained
+# ----------------------------------------------------------------------------------------------
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT initialisation of `module` and its children: Linear/Embedding weights ~ N(0, std),
+    Linear biases 0, LayerNorm weight 1 / bias 0. Modules with other parameters initialise
+    them in an `init_extra()` method (called here)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        hook = getattr(m, "init_extra", None)
+        if callable(hook):
+            hook()
+
+
+class BertPreTrainedModel(nn.Module):
+    """Common base: BERT initialisation and the HuggingFace directory round trip.
+
+    `hf_architecture` is the transformers class the saved directory loads as."""
+
+    hf_architecture: str = ""
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        """BERT initialisation of every submodule (see `init_bert_weights`), then re-tie."""
+        init_bert_weights(self, self.config.initializer_range)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Re-tie shared parameters (the MLM decoder); no-op for models without ties."""
+
+    @classmethod
+    def from_pretrained(cls: type[T], path: "str | os.PathLike[str]", **kwargs: Any) -> T:
+        """Load a HuggingFace directory (config.json + model.safetensors or pytorch_model.bin).
+
+        kwargs: BertConfig field overrides (e.g. hidden_dropout_prob, kernel_backend) and, for
+        the classification heads, `num_labels`. Heads absent from the checkpoint are freshly
+        initialised (listed in `model.loading_info`); see `bertperf.convert.hf.load_pretrained`."""
+        from bertperf.convert.hf import load_pretrained  # convert sits below model in the layout
+
+        return load_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, path: "str | os.PathLike[str]") -> None:
+        """Write a HuggingFace directory (config.json + model.safetensors) that transformers'
+        `hf_architecture` class loads with no missing or unexpected keys."""
+        from bertperf.convert.hf import save_pretrained
+
+        save_pretrained(self, path)
+
+    def hf_config_extra(self) -> dict[str, Any]:
+        """Extra keys for the saved config.json (e.g. id2label of a classifier)."""
+        return {}
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (tied ones counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def _check_inputs(config: BertConfig, input_ids: Tensor, segment_ids: Tensor | None,
+                  input_mask: Tensor | None) -> None:
+    if input_ids.dim() != 2:
+        raise BertperfError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+    s = input_ids.shape[1]
+    if s > config.max_position_embeddings:
+        raise BertperfError(
+            f"sequence length {s} exceeds max_position_embeddings ({config.max_position_embeddings}): "
+            f"truncate the inputs or use a config with more positions")
+    for name, t in (("segment_ids", segment_ids), ("input_mask", input_mask)):
+        if t is not None and t.shape != input_ids.shape:
+            raise BertperfError(f"{name} has shape {tuple(t.shape)}, input_ids {tuple(input_ids.shape)}")
+
+
+@dataclass
+class BertModelOutput:
+    """last_hidden_state [B, S, h]; pooler_output [B, h] (tanh(W h_[CLS] + b)) or None."""
+
+    last_hidden_state: Tensor
+    pooler_output: Tensor | None
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT encoder (HF `BertModel`): embeddings, `num_hidden_layers` layers, optional pooler."""
+
+    hf_architecture = "BertModel"
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None,
+                input_mask: Tensor | None = None) -> BertModelOutput:
+        """input_ids, segment_ids (default 0), input_mask (1 = token, 0 = padding; default all 1):
+        int [B, S]. Padding positions get outputs too, but valid positions never see them."""
+        _check_inputs(self.config, input_ids, segment_ids, input_mask)
+        if segment_ids is None:
+            segment_ids = torch.zeros_like(input_ids)
+        mask = None if input_mask is None else input_mask[:, None, None, :].bool()
+        x = self.embeddings(input_ids, segment_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        pooled = None
+        if self.pooler is not None:
+            pooled = torch.tanh(self.pooler(x[:, 0]))
+        return BertModelOutput(last_hidden_state=x, pooler_output=pooled)

@@ -1,0 +1,278 @@
+"""Task heads on the BERT encoder: pre-training (MLM + NSP) and the three fine-tuning heads.
+
+Pre-training computes the MLM head only at the masked positions: the hidden states of the M
+valid masked tokens (``masked_lm_positions > 0``; position 0 is [CLS], never masked, and pads
+the list) are gathered BEFORE the transform and the tied decoder, so the [*, V] logits are
+[M, V] instead of [B, S, V]. With a 30522-word vocabulary that head dominates a small model's
+FLOPs, and computing it densely for ~15% useful rows wastes most of them.
+
+Losses: MLM = mean cross-entropy over the M predictions; NSP = mean cross-entropy over the
+batch (label 1 = random next sentence, as Google's `is_random_next` and HF's
+`next_sentence_label`); pre-training loss = MLM + NSP. Cross-entropy runs in fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertperf.model.bert import (
+    BertModel,
+    BertPreTrainedModel,
+    bias_gelu,
+    init_bert_weights,
+    layer_norm,
+)
+from bertperf.model.config import BertConfig
+from bertperf.utils.errors import BertperfError
+
+
+class BertMLMHead(nn.Module):
+    """transform (Linear h->h, GELU, LayerNorm) then the decoder (weight tied to the word
+    embeddings, [V, h]) plus an output bias [V]."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # tied by owner
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def init_extra(self) -> None:
+        nn.init.zeros_(self.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden: [..., h] -> logits [..., V]."""
+        be = self.config.kernel_backend
+        x = bias_gelu(F.linear(hidden, self.transform.weight), self.transform.bias, be)
+        x = layer_norm(x, self.norm, be)
+        return F.linear(x, self.decoder.weight, self.bias.to(x.dtype))
+
+
+@dataclass
+class PreTrainingOutput:
+    """Outputs of `BertForPreTraining.forward`.
+
+    mlm_logits: [M, V] at the M valid masked positions (row order: batch-major, then the order
+    of `masked_lm_positions`), or [B, S, V] at every position when no positions were given.
+    nsp_logits: [B, 2]. Losses are fp32 scalars (None without the matching labels); the
+    accuracy counts are int64 scalars, computed without gradient (None without labels)."""
+
+    loss: Tensor | None
+    mlm_loss: Tensor | None
+    nsp_loss: Tensor | None
+    mlm_logits: Tensor
+    nsp_logits: Tensor
+    mlm_correct: Tensor | None = None
+    mlm_count: Tensor | None = None
+    nsp_correct: Tensor | None = None
+
+
+def gather_masked(hidden: Tensor, masked_lm_positions: Tensor) -> tuple[Tensor, Tensor]:
+    """Hidden states at the valid masked positions.
+
+    hidden: [B, S, h]; masked_lm_positions: int [B, P] (0 = padding). Returns ([M, h], the bool
+    validity mask [B, P]) with M = number of positions > 0."""
+    valid = masked_lm_positions > 0
+    b_idx, p_idx = valid.nonzero(as_tuple=True)
+    return hidden[b_idx, masked_lm_positions[b_idx, p_idx]], valid
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with the MLM (sparse, tied decoder) and NSP heads (HF `BertForPreTraining`).
+
+    Submodules: bert (BertModel with pooler), mlm (BertMLMHead), nsp (Linear h->2 on the pooled
+    [CLS]). `mlm.decoder.weight` IS `bert.embeddings.word.weight` (one Parameter)."""
+
+    hf_architecture = "BertForPreTraining"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.mlm = BertMLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        init_bert_weights(self.mlm.transform, config.initializer_range)
+        init_bert_weights(self.mlm.norm, config.initializer_range)
+        init_bert_weights(self.nsp, config.initializer_range)
+        self.mlm.init_extra()
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.mlm.decoder.weight = self.bert.embeddings.word.weight
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None,
+                input_mask: Tensor | None = None, masked_lm_positions: Tensor | None = None,
+                masked_lm_ids: Tensor | None = None,
+                next_sentence_labels: Tensor | None = None) -> PreTrainingOutput:
+        """input_ids, segment_ids, input_mask: int [B, S]; masked_lm_positions, masked_lm_ids:
+        int [B, P] (zero-padded); next_sentence_labels: int [B]. See `PreTrainingOutput`."""
+        if masked_lm_ids is not None and masked_lm_positions is None:
+            raise BertperfError("masked_lm_ids were given without masked_lm_positions")
+        out = self.bert(input_ids, segment_ids, input_mask)
+        assert out.pooler_output is not None
+        nsp_logits = self.nsp(out.pooler_output)
+        mlm_loss = nsp_loss = mlm_correct = mlm_count = nsp_correct = None
+        if masked_lm_positions is None:
+            mlm_logits = self.mlm(out.last_hidden_state)
+        else:
+            if masked_lm_positions.shape[0] != input_ids.shape[0] or masked_lm_positions.dim() != 2:
+                raise BertperfError(f"masked_lm_positions has shape {tuple(masked_lm_positions.shape)}, "
+                                    f"expected [{input_ids.shape[0]}, P]")
+            hidden, valid = gather_masked(out.last_hidden_state, masked_lm_positions)
+            mlm_logits = self.mlm(hidden)  # [M, V]
+            if masked_lm_ids is not None:
+                labels = masked_lm_ids[valid]
+                if labels.numel():
+                    mlm_loss = F.cross_entropy(mlm_logits.float(), labels)
+                else:  # no masked token in the batch: a zero that keeps the graph connected
+                    mlm_loss = mlm_logits.float().sum() * 0.0
+                with torch.no_grad():
+                    mlm_correct = (mlm_logits.argmax(-1) == labels).sum()
+                    mlm_count = torch.tensor(labels.numel(), device=labels.device)
+        if next_sentence_labels is not None:
+            labels = next_sentence_labels.reshape(-1).long()
+            nsp_loss = F.cross_entropy(nsp_logits.float(), labels)
+            with torch.no_grad():
+                nsp_correct = (nsp_logits.argmax(-1) == labels).sum()
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        loss = sum(losses[1:], losses[0]) if losses else None
+        return PreTrainingOutput(loss=loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss, mlm_logits=mlm_logits,
+                                 nsp_logits=nsp_logits, mlm_correct=mlm_correct, mlm_count=mlm_count,
+                                 nsp_correct=nsp_correct)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning heads
+# ----------------------------------------------------------------------------------------------
+
+
+def _classifier_dropout(config: BertConfig) -> float:
+    return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+
+
+def _label_config(num_labels: int) -> dict[str, Any]:
+    id2label = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+    return {"id2label": id2label, "label2id": {v: int(k) for k, v in id2label.items()}}
+
+
+@dataclass
+class SequenceClassifierOutput:
+    """loss (fp32 scalar or None); logits [B, num_labels]."""
+
+    loss: Tensor | None
+    logits: Tensor
+
+
+@dataclass
+class TokenClassifierOutput:
+    """loss (fp32 scalar or None); logits [B, S, num_labels]."""
+
+    loss: Tensor | None
+    logits: Tensor
+
+
+@dataclass
+class QuestionAnsweringOutput:
+    """loss (fp32 scalar or None); start_logits, end_logits [B, S]."""
+
+    loss: Tensor | None
+    start_logits: Tensor
+    end_logits: Tensor
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> Linear(h, num_labels) (HF `BertForSequenceClassification`).
+
+    Loss with `labels`: cross-entropy (int labels [B]) or, when num_labels == 1, mean squared
+    error (float labels [B], regression as STS-B)."""
+
+    hf_architecture = "BertForSequenceClassification"
+
+    def __init__(self, config: BertConfig, num_labels: int = 2):
+        super().__init__()
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise BertperfError(f"num_labels must be a positive integer, got {num_labels!r}")
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_bert_weights(self.classifier, config.initializer_range)
+
+    def hf_config_extra(self) -> dict[str, Any]:
+        return _label_config(self.num_labels)
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None, input_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> SequenceClassifierOutput:
+        pooled = self.bert(input_ids, segment_ids, input_mask).pooler_output
+        logits = self.classifier(F.dropout(pooled, _classifier_dropout(self.config), self.training))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.float().reshape(-1), labels.float().reshape(-1))
+            else:
+                loss = F.cross_entropy(logits.float(), labels.reshape(-1).long())
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """Every token's hidden state -> dropout -> Linear(h, num_labels); no pooler
+    (HF `BertForTokenClassification`). Loss: cross-entropy over labels [B, S] != -100."""
+
+    hf_architecture = "BertForTokenClassification"
+
+    def __init__(self, config: BertConfig, num_labels: int = 2):
+        super().__init__()
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise BertperfError(f"num_labels must be a positive integer, got {num_labels!r}")
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_bert_weights(self.classifier, config.initializer_range)
+
+    def hf_config_extra(self) -> dict[str, Any]:
+        return _label_config(self.num_labels)
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None, input_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> TokenClassifierOutput:
+        seq = self.bert(input_ids, segment_ids, input_mask).last_hidden_state
+        logits = self.classifier(F.dropout(seq, _classifier_dropout(self.config), self.training))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1).long(),
+                                   ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Every token's hidden state -> Linear(h, 2) = (start, end) logits; no pooler
+    (HF `BertForQuestionAnswering`). Loss: (CE(start) + CE(end)) / 2; positions outside [0, S)
+    are clamped to S and ignored (as HF)."""
+
+    hf_architecture = "BertForQuestionAnswering"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        init_bert_weights(self.qa_outputs, config.initializer_range)
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None, input_mask: Tensor | None = None,
+                start_positions: Tensor | None = None,
+                end_positions: Tensor | None = None) -> QuestionAnsweringOutput:
+        seq = self.bert(input_ids, segment_ids, input_mask).last_hidden_state
+        start, end = self.qa_outputs(seq).unbind(-1)  # [B, S] each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            s = start.shape[1]
+            sp = start_positions.reshape(-1).long().clamp(0, s)
+            ep = end_positions.reshape(-1).long().clamp(0, s)
+            loss = (F.cross_entropy(start.float(), sp, ignore_index=s)
+                    + F.cross_entropy(end.float(), ep, ignore_index=s)) / 2
+        return QuestionAnsweringOutput(loss=loss, start_logits=start, end_logits=end)
