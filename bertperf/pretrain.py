@@ -1,0 +1,401 @@
+"""BERT pre-training (masked LM + next-sentence prediction) with DeepSpeed.
+
+    deepspeed --num_gpus 2 bertperf/pretrain.py --deepspeed_config configs/ds-demo.json \\
+        --model_config tiny --data_dir runs/demo/shards --output_dir runs/demo --max_steps 300
+    python bertperf/pretrain.py ...        # the same, as one process without a launcher
+
+On CPU `--num_gpus N` means N ranks (gloo). Every flag is listed by `--help`. NVIDIA's two-phase
+recipe: phase 1 with configs/ds-phase1.json on S=128 shards, then phase 2 with
+configs/ds-phase2.json on S=512 shards and `--init_from <phase-1 output_dir>/hf` (fresh optimizer
+and schedule, as NVIDIA's phase 2 does).
+
+The DeepSpeed JSON (`--deepspeed_config`) goes to `deepspeed.initialize` as it is (ZeRO stage, bf16,
+gradient clipping, ...), except what bertperf takes over (details in `bertperf.train.ds_config`):
+- "optimizer": built by bertperf as a client torch optimizer from a small table (AdamW/Adam,
+  Lamb from `bertperf.optim.lamb`), because DeepSpeed's Lamb/FusedAdam do not run on CPU;
+  biases and LayerNorm weights get no weight decay. Default: AdamW, lr 1e-4, weight decay 0.01.
+- "scheduler" of type WarmupPolyDecay / WarmupLinearDecay / WarmupConstant: linear warmup then
+  decay (`bertperf.optim.schedules`), total steps defaulting to --max_steps. DeepSpeed's own
+  scheduler types are left to DeepSpeed.
+- the batch sizes are resolved for the number of ranks and written out in full; Lamb under ZeRO
+  gets "zero_allow_untested_optimizer"; "steps_per_print" defaults to never (bertperf logs).
+
+Data: every rank loads the shards of --data_dir (validated before the first step) and reads its
+own, disjoint samples of a seeded per-epoch shuffle (`bertperf.train.sampler`); the position is
+saved in each checkpoint, so `--resume` continues with the next unseen samples.
+
+Outputs in --output_dir:
+    metrics.csv          one row per logged step: loss, MLM/NSP loss and accuracy, lr, global
+                         sequences/s and achieved TFLOP/s (`bertperf.report.flops`: 6 FLOPs per
+                         weight per token for the encoder, 12*L*s*h per token for attention, the
+                         MLM head only at masked positions; stated in that module)
+    tensorboard/         the same as TensorBoard scalars (train/*)
+    checkpoints/         DeepSpeed checkpoints global_step<N>/ and `latest` (resume from here)
+    hf/                  the final model in Hugging Face layout (save_pretrained, fp32; plus
+                         vocab.txt when --vocab is given)
+    summary.json         final step, loss, throughput and the paths above
+Errors in the inputs (shards, vocab, configs) end the run with one line naming the file and
+exit code 2, on every rank, before any training.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":
+    # `python bertperf/pretrain.py` puts bertperf/ first on sys.path, where its subpackages
+    # (data, model, utils, ...) would shadow top-level modules of the same names: drop it.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
+        sys.path.pop(0)
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bertperf.utils.errors import BertperfError, run_cli
+
+log = logging.getLogger("bertperf.pretrain")
+
+EXIT_USER_ERROR = 2
+PROG = "pretrain.py"
+
+
+EPILOG = """\
+outputs in OUTPUT_DIR:
+  metrics.csv    one row per logged step: step, epoch, samples, loss, mlm_loss, nsp_loss,
+                 mlm_acc, nsp_acc, lr, seq_per_s (global), tflops (achieved), elapsed_s
+  tensorboard/   the same as TensorBoard scalars
+  checkpoints/   DeepSpeed checkpoints global_step<N>/ and 'latest' (what --resume reads)
+  hf/            the final model in Hugging Face layout (fp32), with vocab.txt if --vocab
+  summary.json   final step, losses, throughput and these paths
+
+The DeepSpeed JSON goes to deepspeed.initialize as it is, except its "optimizer" (built by
+bertperf: AdamW, Adam or Lamb) and a bertperf "scheduler" (WarmupPolyDecay, WarmupLinearDecay,
+WarmupConstant); see the docstring of bertperf/pretrain.py. Input errors exit with code 2.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Pre-train BERT (masked LM + next-sentence prediction) on HDF5 shards with DeepSpeed. "
+                    "Launch with `deepspeed --num_gpus N bertperf/pretrain.py ...` for N ranks, or with "
+                    "`python bertperf/pretrain.py ...` as one process.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--deepspeed_config", required=True, metavar="FILE",
+                   help="DeepSpeed JSON (ZeRO stage, bf16, batch sizes, optimizer, scheduler); the optimizer "
+                        "and bertperf scheduler sections are built by bertperf, the rest goes to DeepSpeed")
+    p.add_argument("--model_config", required=True, metavar="NAME|FILE",
+                   help="model size: a preset (tiny, mini, small, base, large) or a BERT config JSON "
+                        "(HF config.json or Google bert_config.json)")
+    p.add_argument("--data_dir", required=True, metavar="DIR",
+                   help="directory of pre-training shards (*.hdf5 from `bertperf prepare`), or one shard file")
+    p.add_argument("--output_dir", required=True, metavar="DIR",
+                   help="where metrics.csv, tensorboard/, checkpoints/, hf/ and summary.json go (created)")
+    p.add_argument("--max_steps", required=True, type=int, metavar="N",
+                   help="train until N optimizer steps in total (counting steps before a --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints (model, optimizer, "
+                        "lr schedule, step, data position, RNG)")
+    p.add_argument("--init_from", metavar="DIR", default=None,
+                   help="start from the weights of a Hugging Face BERT directory (e.g. phase 1's OUTPUT_DIR/hf, "
+                        "or an encoder-only checkpoint: missing heads are initialized) with a fresh optimizer and "
+                        "lr schedule; its shape must match --model_config. Not used when --resume finds a checkpoint")
+    p.add_argument("--log_every", type=int, default=10, metavar="N",
+                   help="log loss, accuracies, seq/s and TFLOP/s every N steps and at the last step (default %(default)s)")
+    p.add_argument("--save_every", type=int, default=0, metavar="N",
+                   help="also save a checkpoint every N steps (0: only at the end)")
+    p.add_argument("--seed", type=int, default=12345,
+                   help="seed of the weight init, dropout and data order; a resumed run keeps its checkpoint's data "
+                        "order (default %(default)s)")
+    p.add_argument("--vocab", metavar="FILE", default=None,
+                   help="vocab.txt the shards were built with: shards holding ids >= its size are refused, "
+                        "a preset model takes its size as vocab_size, and it is copied into the HF export")
+    p.add_argument("--local_rank", type=int, default=None,
+                   help="set by the deepspeed launcher; ignored (the LOCAL_RANK environment variable is used)")
+    return p
+
+
+@dataclass
+class Run:
+    """Everything checked before training starts (on every rank, without collectives)."""
+
+    args: argparse.Namespace
+    placement: Any  # bertperf.train.engine.Placement
+    setup: Any  # bertperf.train.ds_config.TrainSetup
+    config: Any  # bertperf.model.BertConfig
+    dataset: Any  # bertperf.data.loader.PretrainingDataset
+    ckpt_dir: str
+    resume_tag: str | None
+    resume_state: dict[str, Any] | None
+    init_from: str | None
+
+
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size")
+
+
+def _vocab_size(path: str) -> int:
+    from bertperf.data.tokenize import load_vocab
+
+    return max(load_vocab(path).values()) + 1
+
+
+def resolve_model_config(spec: str, vocab: str | None) -> Any:
+    """The BertConfig for `--model_config`; with `--vocab`, a preset takes the vocab's size and a
+    config file must agree with it."""
+    from bertperf.model.config import PRESETS, BertConfig
+
+    config = BertConfig.resolve(spec)
+    if vocab is None:
+        return config
+    size = _vocab_size(vocab)
+    if size != config.vocab_size:
+        if spec not in PRESETS:
+            raise BertperfError(f"{spec}: vocab_size {config.vocab_size} differs from the {size} tokens of "
+                                f"{vocab}; use the vocab the model was configured for")
+        config = config.replace(vocab_size=size)
+    return config
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(config.to_hf_dict(), sort_keys=True, default=str))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name, low in (("max_steps", 1), ("log_every", 1), ("save_every", 0)):
+        if getattr(args, name) < low:
+            raise BertperfError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+
+
+def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
+    """Validate every input: DeepSpeed JSON, model config, vocab, shards, resume checkpoint."""
+    from bertperf.data.loader import PretrainingDataset
+    from bertperf.data.shards import find_shards
+    from bertperf.train.checkpoint import latest_tag, read_trainer_state
+    from bertperf.train.ds_config import load_train_setup
+
+    check_args(args)
+    setup = load_train_setup(args.deepspeed_config, placement.world_size, args.max_steps)
+    config = resolve_model_config(args.model_config, args.vocab)
+    files = find_shards(args.data_dir)
+    dataset = PretrainingDataset(files, vocab_size=config.vocab_size)
+    if dataset.seq_length > config.max_position_embeddings:
+        raise BertperfError(f"{files[0]}: sequence length {dataset.seq_length} exceeds the model's "
+                            f"max_position_embeddings {config.max_position_embeddings} ({args.model_config})")
+    if len(dataset) < setup.micro_batch * placement.world_size:
+        raise BertperfError(f"{args.data_dir}: {len(dataset)} instances are fewer than one batch of "
+                            f"{setup.micro_batch} x {placement.world_size} ranks; create more data")
+
+    ckpt_dir = os.path.join(args.output_dir, "checkpoints")
+    tag = latest_tag(ckpt_dir)
+    state = None
+    if args.resume:
+        if tag is None:
+            raise BertperfError(f"{ckpt_dir}: --resume given but there is no checkpoint here (no 'latest' file); "
+                                "run without --resume to start")
+        state = read_trainer_state(ckpt_dir, tag)
+        saved = state["model_config"]
+        diff = [f for f in SHAPE_FIELDS if saved.get(f) != getattr(config, f)]
+        if diff:
+            raise BertperfError(f"{os.path.join(ckpt_dir, tag)}: the checkpoint's model has "
+                                f"{', '.join(f'{f}={saved.get(f)}' for f in diff)}, unlike --model_config "
+                                f"{args.model_config}; resume with the same model")
+    elif tag is not None and placement.is_main:
+        log.warning("%s holds checkpoints (latest %s); starting from scratch, they will be overwritten "
+                    "(use --resume to continue)", ckpt_dir, tag)
+    init_from = None
+    if args.init_from and not args.resume:
+        from bertperf.model.config import BertConfig
+
+        if not os.path.isdir(args.init_from):
+            raise BertperfError(f"{args.init_from}: --init_from needs a Hugging Face model directory (config.json "
+                                "and model.safetensors), e.g. the hf/ of an earlier run")
+        init_cfg = BertConfig.resolve(args.init_from)
+        diff = [f for f in SHAPE_FIELDS if getattr(init_cfg, f) != getattr(config, f)]
+        if diff:
+            raise BertperfError(f"{args.init_from}: the model's {', '.join(f'{f}={getattr(init_cfg, f)}' for f in diff)} "
+                                f"differ from --model_config {args.model_config}; use a matching model config")
+        init_from = args.init_from
+    elif args.init_from and placement.is_main:
+        log.info("--resume: the checkpoint's weights are used, not --init_from %s", args.init_from)
+    return Run(args, placement, setup, config, dataset, ckpt_dir, tag if args.resume else None, state, init_from)
+
+
+def configure_logging(placement: Any) -> None:
+    """bertperf's INFO logs on rank 0 go to stdout; other ranks and other libraries log warnings only."""
+    handler = logging.StreamHandler(sys.stdout)
+    if placement.is_main:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    else:
+        handler.setFormatter(logging.Formatter(f"[rank {placement.rank}] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("bertperf").setLevel(logging.INFO if placement.is_main else logging.WARNING)
+
+
+def train(run: Run) -> int:
+    """Build model, optimizer and engine; train to --max_steps; checkpoint, export, summarize."""
+    import torch
+
+    from bertperf.model import BertForPreTraining
+    from bertperf.report.flops import pretrain_flops_per_sequence
+    from bertperf.train import checkpoint as ckpt
+    from bertperf.train import engine as eng
+    from bertperf.train.metrics import MetricsSinks, MetricsWindow, window_row
+    from bertperf.train.optimizers import build_optimizer
+    from bertperf.train.sampler import DistributedShuffleSampler, SamplerState
+
+    args, placement, setup, config = run.args, run.placement, run.setup, run.config
+    threads = eng.set_threads(placement)
+    eng.quiet_deepspeed()
+    eng.init_distributed()
+
+    torch.manual_seed(args.seed)
+    model = BertForPreTraining(config)
+    if run.init_from:
+        model.load_state_dict(BertForPreTraining.from_pretrained(run.init_from).state_dict())
+        log.info("starting from the weights in %s", run.init_from)
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
+    optimizer = build_optimizer(model, setup.optimizer, setup.path)
+    scheduler = setup.schedule.lr_scheduler(optimizer) if setup.schedule else None
+    engine = eng.initialize(model, optimizer, scheduler, setup.ds_config)
+
+    seed, sampler_state, samples, step = args.seed, SamplerState(), 0, 0
+    if run.resume_tag is not None:
+        state = ckpt.load_checkpoint(engine, run.ckpt_dir, run.resume_tag, placement.rank)
+        step, samples = int(state["step"]), int(state["samples"])
+        sampler_state = SamplerState.from_dict(state["sampler"])
+        if int(state["seed"]) != seed:
+            log.warning("resuming with the checkpoint's data order (seed %s), not --seed %s", state["seed"], seed)
+            seed = int(state["seed"])
+        if engine.global_steps != step:
+            raise BertperfError(f"{os.path.join(run.ckpt_dir, run.resume_tag)}: DeepSpeed restored step "
+                                f"{engine.global_steps} but bertperf's state says {step}; the checkpoint is inconsistent")
+        log.info("resumed from %s: step %d, %d samples seen, data epoch %d offset %d", run.resume_tag, step,
+                 samples, sampler_state.epoch, sampler_state.offset)
+    if step >= args.max_steps:
+        log.info("the checkpoint is at step %d, which already reaches --max_steps %d: nothing to do", step, args.max_steps)
+        return 0
+
+    dataset = run.dataset
+    sampler = DistributedShuffleSampler(len(dataset), placement.rank, placement.world_size, seed, sampler_state)
+    # an own generator: the loader must not draw from the global RNG, whose state (dropout) a resume restores
+    loader = torch.utils.data.DataLoader(dataset, batch_size=setup.micro_batch, sampler=sampler, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    batches = iter(loader)
+    sinks = MetricsSinks(args.output_dir, placement.is_main, args.max_steps,
+                         resume_step=step if run.resume_tag is not None else None)
+
+    def flops_per_seq(masked: float) -> float:
+        return pretrain_flops_per_sequence(config, dataset.seq_length, masked)
+
+    def trainer_state() -> dict[str, Any]:
+        return {"step": step, "samples": samples, "sampler": sampler_state.to_dict(), "seed": seed,
+                "world_size": placement.world_size, "global_batch": setup.global_batch,
+                "model_config": _config_dict(config), "data_dir": os.path.abspath(args.data_dir)}
+
+    log.info("training %s (%.1fM params) on %d ranks x %d threads: ZeRO-%d, %s, micro batch %d x %d accumulation "
+             "= %d sequences/step, %d instances of length %d; steps %d -> %d",
+             args.model_config, n_params / 1e6, placement.world_size, threads,
+             setup.zero_stage, "bf16" if setup.bf16 else "fp32", setup.micro_batch, setup.grad_accum,
+             setup.global_batch, len(dataset), dataset.seq_length, step, args.max_steps)
+
+    engine.train()
+    window = MetricsWindow()
+    first_step = step
+    t_start = t_window = time.perf_counter()
+    t_after_first = t_start
+    seqs_after_first = 0
+    masked_total = seqs_total = 0.0
+    first_row = last_row = None
+    while step < args.max_steps:
+        for _ in range(setup.grad_accum):
+            out = engine(**next(batches))
+            engine.backward(out.loss)
+            engine.step()
+            window.add(out, setup.micro_batch)
+        step += 1
+        samples += setup.global_batch
+        sampler_state = sampler.advance(sampler_state, setup.micro_batch * setup.grad_accum)
+        if step == first_step + 1:
+            t_after_first = time.perf_counter()  # the first step pays for lazy initialization
+        else:
+            seqs_after_first += setup.global_batch
+        if step % args.log_every == 0 or step == args.max_steps:
+            sums = window.reduce()
+            now = time.perf_counter()
+            row = window_row(sums, step=step, epoch=sampler_state.epoch, samples=samples, lr=engine.get_lr()[0],
+                             seconds=now - t_window, flops_per_masked=flops_per_seq, elapsed=now - t_start)
+            t_window = now
+            if not math.isfinite(row.loss):
+                raise BertperfError(f"{setup.path}: the loss became {row.loss} at step {step}; lower the learning "
+                                    "rate or enable gradient_clipping")
+            sinks.write(row)
+            first_row, last_row = first_row or row, row
+            masked_total += sums["mlm_count"]
+            seqs_total += sums["sequences"]
+        if args.save_every and step % args.save_every == 0 and step != args.max_steps:
+            tag = ckpt.save_checkpoint(engine, run.ckpt_dir, step, trainer_state(), placement.rank)
+            log.info("saved checkpoint %s", os.path.join(run.ckpt_dir, tag))
+    t_end = time.perf_counter()
+    sinks.close()
+
+    tag = ckpt.save_checkpoint(engine, run.ckpt_dir, step, trainer_state(), placement.rank)
+    ckpt_path = os.path.join(run.ckpt_dir, tag)
+    hf_dir = os.path.join(args.output_dir, "hf")
+    if placement.is_main:
+        log.info("saved checkpoint %s", ckpt_path)
+        weights = ckpt.fp32_state_dict(engine, run.ckpt_dir, tag, setup.zero_stage, setup.bf16)
+        ckpt.export_hf(BertForPreTraining, config, weights, hf_dir, args.vocab)
+        log.info("exported the model in Hugging Face layout to %s", hf_dir)
+        # throughput from the end of the first step (which includes warm-up) to the end of training
+        if seqs_after_first:
+            seq_per_s = seqs_after_first / (t_end - t_after_first)
+        else:
+            seq_per_s = (step - first_step) * setup.global_batch / (t_end - t_start)
+        fps = flops_per_seq(masked_total / seqs_total if seqs_total else 0.0)
+        summary = {
+            "steps": [first_step, step], "samples": samples, "train_seconds": round(t_end - t_start, 2),
+            "seq_per_s": round(seq_per_s, 2), "tflops": round(fps * seq_per_s / 1e12, 5), "flops_per_sequence": fps,
+            "loss_first": first_row.loss, "loss_last": last_row.loss, "mlm_acc_last": last_row.mlm_acc,
+            "nsp_acc_last": last_row.nsp_acc, "world_size": placement.world_size, "threads_per_rank": threads,
+            "zero_stage": setup.zero_stage, "bf16": setup.bf16, "global_batch": setup.global_batch,
+            "seq_length": dataset.seq_length, "model_config": args.model_config, "log_every": args.log_every,
+            "paths": {"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
+                      "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},
+        }
+        with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+        log.info("done: steps %d -> %d in %.1f s; %.1f seq/s, %.4f TFLOP/s after the first step; loss %.4f -> %.4f",
+                 first_step, step, t_end - t_start, seq_per_s, summary["tflops"], first_row.loss, last_row.loss)
+    eng.barrier()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bertperf.train.engine import detect_placement
+
+    placement = detect_placement()
+    configure_logging(placement)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        run = prepare_run(args, placement)
+    except BertperfError:
+        if not placement.is_main:
+            return EXIT_USER_ERROR  # every rank checks the same inputs; rank 0 reports the error once
+        raise
+    os.makedirs(args.output_dir, exist_ok=True)
+    return train(run)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda: main(), prog=PROG))

@@ -1,0 +1,132 @@
+"""DeepSpeed glue: the process's place in the run, thread count, distributed init, the engine.
+
+Launch modes, detected from the environment before anything is initialized:
+- `deepspeed --num_gpus N script.py` (or torchrun): RANK, WORLD_SIZE, LOCAL_RANK, MASTER_* are set.
+- `mpirun` / `deepspeed --launcher openmpi`: OMPI_COMM_WORLD_* (or PMI_*) are set; DeepSpeed's
+  MPI discovery (needs mpi4py) fills in the rest in `init_distributed`.
+- `python script.py`: none is set; the process becomes a world of one (MASTER_ADDR 127.0.0.1
+  and a free port), so the same code path runs without a launcher.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bertperf.utils.errors import BertperfError
+
+log = logging.getLogger(__name__)
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+# (world size, rank, local rank, local size) variables of Open MPI and of PMI-based MPIs
+MPI_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+            ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process's rank among `world_size`, and its local rank among `local_size` on the node."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def detect_placement() -> Placement:
+    """Where this process sits, from launcher or MPI variables; a lone process becomes a world of one.
+
+    For a lone process this sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, so
+    `deepspeed.init_distributed` neither needs a launcher nor tries MPI discovery.
+    """
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        world = int(env["WORLD_SIZE"])
+        local_size = int(env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", world)))
+        return Placement(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), local_size)
+    for size_var, rank_var, local_var, local_size_var in MPI_VARS:
+        if size_var in env:
+            world = int(env[size_var])
+            return Placement(int(env.get(rank_var, 0)), world, int(env.get(local_var, 0)),
+                             int(env.get(local_size_var, world)))
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(_free_port()))
+    return Placement(0, 1, 0, 1)
+
+
+def set_threads(placement: Placement) -> int:
+    """Give each local rank an equal share of the usable cores, unless OMP_NUM_THREADS is set.
+
+    Without this every rank would start one thread per core and the ranks would fight over them.
+    Returns the number of intra-op threads in use.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // max(1, placement.local_size)))
+    return torch.get_num_threads()
+
+
+def quiet_deepspeed(level: int = logging.WARNING) -> None:
+    """Keep DeepSpeed's INFO chatter (config dumps, timers) and torch's deprecation notices off the console."""
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(level)
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.*is deprecated", category=FutureWarning)
+
+
+def init_distributed() -> None:
+    """`deepspeed.init_distributed` with gloo on CPU (the accelerator's backend elsewhere), MPI discovery on.
+
+    DeepSpeed's shared-memory all-reduce op (used only by its inference all-reduce) is switched off:
+    building it is a 70-90 s C++ JIT compile on first use that training never benefits from.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        backend = "gloo"
+    else:
+        backend = accel.communication_backend_name()
+    if any(v not in os.environ for v in LAUNCHER_VARS):
+        try:
+            import mpi4py  # noqa: F401  (DeepSpeed's MPI discovery needs it)
+        except ImportError:
+            raise BertperfError("launched under MPI but mpi4py is not installed: pip install mpi4py "
+                                "(and Debian's libopenmpi-dev), or launch with `deepspeed --num_gpus N`") from None
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+
+
+def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               lr_scheduler: Any, ds_config: dict[str, Any]) -> Any:
+    """`deepspeed.initialize` with a client optimizer (and lr scheduler, if any); returns the engine."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                           config=ds_config, dist_init_required=False)
+    return engine
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
