@@ -37,3 +37,19 @@ test: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info bertperf/*.so .cache runs
+
+# cuda-build (not in CI): build and load the CUDA kernels (csrc/cuda/*.cu + the bindings compiled
+# with -DBERTPERF_CUDA) against the CUDA build of torch, for sm_80 and sm_90, then check that every
+# torch.ops.bertperf op has a CUDA kernel. Needs nvcc; no GPU (the module loads without one,
+# calling it needs one). The CUDA torch lives in its own venv, .cache/venv-cuda (~5.4 GB, torch
+# 2.14.1 + nvidia-* wheels via pip's configured indexes), so the CPU venv is never touched.
+# JIT-built into $(TORCH_EXTENSIONS_DIR); the CPU kernels are JIT-built there too for that torch.
+# CUDA_HOME defaults to /usr/local/cuda (torch needs it to find the toolkit's headers and cudart).
+CUDA_VENV := .cache/venv-cuda
+.PHONY: cuda-build
+cuda-build:
+	@test -x $(CUDA_VENV)/bin/python || python3 -m venv $(CUDA_VENV)
+	@$(CUDA_VENV)/bin/pip -q --disable-pip-version-check install torch==2.14.1 numpy ninja 2>&1 | grep -v "^WARNING: Location" || true
+	@cd $(CURDIR) && PYTHONPATH=$(CURDIR) TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+		CUDA_HOME="$${CUDA_HOME:-/usr/local/cuda}" \
+		$(CUDA_VENV)/bin/python -m bertperf.ops._build cuda --jit

@@ -4,14 +4,25 @@ The CUDA extension (bertperf._cuda) is built separately by `make cuda-build`, ne
 file must work on a CPU-only machine with the CPU wheel of torch.
 Install with `pip install --no-build-isolation -e .` so the build uses the venv's torch.
 """
-import glob
 import os
 
 from setuptools import find_packages, setup
 
 
+def _build_config():
+    """bertperf/ops/_build.py, loaded by path (importing bertperf here would import torch early)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bertperf_build", "bertperf/ops/_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cpu_extension():
-    sources = sorted(glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/bindings/*.cpp"))
+    """bertperf._C: every csrc/cpu/*.cpp and csrc/bindings/*.cpp (a new op needs no edit here)."""
+    build = _build_config()
+    sources = build.cpu_sources()
     if not sources:
         return []
     from torch.utils.cpp_extension import CppExtension
@@ -20,9 +31,9 @@ def cpu_extension():
         CppExtension(
             name="bertperf._C",
             sources=sources,
-            include_dirs=[os.path.abspath("csrc/include")],
-            extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
-            extra_link_args=["-fopenmp"],
+            include_dirs=[os.path.abspath(d) for d in build.include_dirs()],
+            extra_compile_args=build.CPU_CFLAGS,
+            extra_link_args=build.CPU_LDFLAGS,
         )
     ]
 
@@ -32,7 +43,8 @@ def cmdclass():
         return {}
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=False)}
+    # ninja compiles the translation units in parallel (falls back to serial if it is missing).
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 setup(

@@ -1,0 +1,39 @@
+"""Summary of the fused-kernel benches: every op's table in one run, one bandwidth measurement.
+
+Run: `python bench/bench_kernels.py [--threads 1 2] [--dtypes fp32 bf16] [--no-compile]`, or a
+subset with `--ops layer_norm softmax`. Each row: fused time, eager composite time, torch.compile
+time, the ratios, and (for the beyond-cache sizes) GB/s and the fraction of the copy bandwidth
+measured in the same run. The targets: x eager >= 1.5 and >= 70% of copy bandwidth.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Case, collect, device, format_table, parser, with_totals  # noqa: E402
+
+OPS = ("layer_norm", "bias_gelu", "bias_dropout_residual", "softmax")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    args = p.parse_args(argv)
+    builders = [importlib.import_module(f"bench_{op}").build_cases for op in args.ops]
+
+    def build_all(*a, **kw) -> list[Case]:
+        return [case for build in builders for case in build(*a, **kw)]
+
+    rows, bandwidth = collect(build_all, args)
+    print(format_table(rows, bandwidth, device()))
+    slow = [r for r in with_totals(rows) if r.pass_ == "fwd+bwd" and r.vs_eager < 1.5]
+    low_bw = [r for r in rows if r.bw_frac is not None and r.bw_frac < 0.7]
+    print(f"\nfwd+bwd below 1.5x eager: {len(slow)}; beyond-cache passes below 70% of the copy "
+          f"bandwidth: {len(low_bw)} of {sum(r.bw_frac is not None for r in rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
