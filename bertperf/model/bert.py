@@ -16,13 +16,18 @@ route it to a fused op without touching the model code:
 * `attention`                         softmax(Q K^T / sqrt(d) + mask) V with attention dropout
 * `layer_norm`                        plain LayerNorm (embeddings, MLM transform)
 
-The GEMMs run without their bias (`F.linear(x, W)`); the bias is handed to the fused point.
-Only the "torch" backend (eager composites) is implemented so far.
+The GEMMs run without their bias (`F.linear(x, W)`); the bias is handed to the fused point, so
+the parameters keep their names and shapes (checkpoints and the HF mapping are unchanged).
+`kernel_backend` "torch" is the eager composite; "cpu" / "cuda" / "triton" / "auto" route the
+bias + residual + LayerNorm, bias + GELU and bias + dropout + residual points to the fused ops
+of `bertperf.ops` (chosen per call by the tensors' device, logged once). Attention stays torch's
+SDPA on every backend.
 
 Shapes: B batch, S sequence length, h hidden size, A heads, d = h / A head size, I FFN width.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,46 +36,75 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertperf.model.config import MODEL_KERNEL_BACKENDS, BertConfig
+from bertperf.model.config import BertConfig
+from bertperf.ops.backend import resolve_backend
+from bertperf.ops.bias_dropout_residual import bias_dropout_residual as ops_bias_dropout_residual
+from bertperf.ops.bias_gelu import bias_gelu as ops_bias_gelu
+from bertperf.ops.layer_norm import layer_norm as ops_layer_norm
 from bertperf.utils.errors import BertperfError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound="BertPreTrainedModel")
 
 
 # ----------------------------------------------------------------------------------------------
-# Fusable points (one function each; "torch" = eager composite)
+# Fusable points (one function each; "torch" = eager composite, else the ops of bertperf.ops)
 # ----------------------------------------------------------------------------------------------
 
 
-def _unsupported(backend: str) -> BertperfError:
-    return BertperfError(
-        f"setting `kernel_backend` is {backend!r}; the model implements "
-        f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} so far: set kernel_backend to \"torch\"")
+_chosen: dict[tuple[str, str], str] = {}
+
+
+def model_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend (`cpu`, `cuda`, `triton` or `torch`) that `kernel_backend` = `backend`
+    runs on tensors of `device`; logged once per (setting, device type). Raises BertperfError
+    naming `kernel_backend` if the setting is unknown or cannot run there (see
+    `bertperf.ops.backend.resolve_backend`; the Triton interpreter is read from the environment
+    when the process starts, so the cached answer stays valid)."""
+    key = (backend, torch.device(device).type)
+    chosen = _chosen.get(key)
+    if chosen is None:
+        chosen = "torch" if backend == "torch" else resolve_backend(backend, key[1])
+        _chosen[key] = chosen
+        log.info("model kernel_backend %r on %s tensors -> %r", backend, key[1], chosen)
+    return chosen
 
 
 def bias_dropout_residual_layer_norm(y: Tensor, bias: Tensor, residual: Tensor, norm: nn.LayerNorm,
                                      p: float, training: bool, backend: str) -> Tensor:
     """LayerNorm(Dropout(y + bias) + residual): the post-LN sublayer output.
 
-    y, residual: [..., h]; bias: [h]; returns [..., h]."""
-    if backend != "torch":
-        raise _unsupported(backend)
-    x = F.dropout(y + bias.to(y.dtype), p, training)
-    return F.layer_norm(x + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    y, residual: [..., h]; bias: [h]; returns [..., h]. Fused backends: one `layer_norm` op with
+    the bias and the residual folded in, or (dropout active) `bias_dropout_residual` then
+    `layer_norm`. Mixed dtypes (bf16 GEMM output, fp32 residual under autocast) are computed in
+    the wider one, as the eager composite does."""
+    chosen = model_backend(backend, y.device)
+    if chosen == "torch":
+        x = F.dropout(y + bias.to(y.dtype), p, training)
+        return F.layer_norm(x + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    dtype = torch.promote_types(y.dtype, residual.dtype)
+    y, residual = y.to(dtype), residual.to(dtype)
+    if training and p > 0.0:
+        s = ops_bias_dropout_residual(y, bias, residual, p, True, None, chosen)
+        return ops_layer_norm(s, norm.weight, norm.bias, None, None, norm.eps, chosen)
+    return ops_layer_norm(y, norm.weight, norm.bias, bias, residual, norm.eps, chosen)
 
 
 def bias_gelu(y: Tensor, bias: Tensor, backend: str) -> Tensor:
-    """GELU(y + bias) with the exact erf GELU. y: [..., n]; bias: [n]."""
-    if backend != "torch":
-        raise _unsupported(backend)
-    return F.gelu(y + bias.to(y.dtype))
+    """GELU(y + bias) with the exact erf GELU. y: [..., n]; bias: [n]; returns y's dtype."""
+    chosen = model_backend(backend, y.device)
+    if chosen == "torch":
+        return F.gelu(y + bias.to(y.dtype))
+    return ops_bias_gelu(y, bias, "none", chosen)
 
 
 def layer_norm(x: Tensor, norm: nn.LayerNorm, backend: str) -> Tensor:
     """LayerNorm over the last dimension with `norm`'s parameters."""
-    if backend != "torch":
-        raise _unsupported(backend)
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    chosen = model_backend(backend, x.device)
+    if chosen == "torch":
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return ops_layer_norm(x, norm.weight, norm.bias, None, None, norm.eps, chosen)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, training: bool,
@@ -78,9 +112,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, tr
     """softmax(q k^T / sqrt(d), masked) v with dropout p on the probabilities.
 
     q, k, v: [B, A, S, d]; mask: bool [B, 1, 1, S] (True = attend) or None; returns [B, A, S, d].
-    A query row whose keys are all masked would give NaN: every sequence needs one valid token."""
-    if backend != "torch":
-        raise _unsupported(backend)
+    A query row whose keys are all masked would give NaN: every sequence needs one valid token.
+    Every backend uses torch's SDPA (fused already; `bertperf.ops.softmax` is for attention
+    paths that materialise the scores, which this model does not)."""
+    model_backend(backend, q.device)  # validates the setting on this device
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
 
 

@@ -8,7 +8,9 @@ and written:
              has no `layer_norm_eps` (TF BERT's LayerNorm uses 1e-12) and no `pad_token_id`).
 
 `kernel_backend` is bertperf's own setting (never written to either JSON): which
-implementation runs the fusable points of the model (see `bertperf.model.bert`).
+implementation runs the fusable points of the model (see `bertperf.model.bert`): one of
+`auto | cpu | cuda | triton | torch` (`bertperf.ops.backend`). The name is checked here; whether
+the backend can run on the model's device is checked at the first forward.
 
 Presets are the sizes of Google's BERT release (Turc et al. 2019 for the small ones), with
 the uncased vocabulary (30522), 512 positions and 2 segment types:
@@ -25,12 +27,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from bertperf.ops.backend import BACKENDS
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)
 
-# kernel backends the model can route its fusable points to (see bertperf.model.bert)
-MODEL_KERNEL_BACKENDS = ("torch",)
+# kernel backends the model can route its fusable points to (see bertperf.model.bert and
+# bertperf.ops.backend; whether one can run is decided at run time, by the tensors' device)
+MODEL_KERNEL_BACKENDS: tuple[str, ...] = BACKENDS
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
@@ -109,8 +113,8 @@ class BertConfig:
                 f"got {self.pad_token_id!r}")
         if self.kernel_backend not in MODEL_KERNEL_BACKENDS:
             raise BertperfError(
-                f"{source}: setting `kernel_backend` is {self.kernel_backend!r}; the model implements "
-                f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} so far: set kernel_backend to \"torch\"")
+                f"{source}: setting `kernel_backend` is {self.kernel_backend!r}; choose one of "
+                f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} (\"torch\" = eager torch, the default)")
 
     # ------------------------------------------------------------------ derived
     @property

@@ -99,7 +99,7 @@ def test_reads_real_minilm_config(minilm_dir):
     ("num_attention_heads", 5, "divisible"),
     ("hidden_dropout_prob", 1.5, "hidden_dropout_prob"),
     ("vocab_size", 0, "vocab_size"),
-    ("kernel_backend", "triton", "kernel_backend"),
+    ("kernel_backend", "gpu", "kernel_backend"),
 ])
 def test_bad_fields(field, value, msg):
     with pytest.raises(BertperfError, match=msg):
