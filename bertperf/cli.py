@@ -10,6 +10,7 @@ from bertperf.utils.errors import run_cli
 # name -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
     "prepare": ("bertperf.data.prepare", "Wikipedia dump or text -> masked-LM/NSP HDF5 shards"),
+    "finetune": ("bertperf.finetune.cli", "fine-tune on GLUE, SQuAD v1.1/v2.0, NER or TNEWS"),
 }
 
 
