@@ -10,7 +10,7 @@ import random
 import pytest
 
 from bertperf.finetune import cli, glue
-from tests.finetune.glue_files import write_glue
+from tests.finetune.conftest import write_glue
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -8,7 +8,7 @@ import pytest
 from bertperf.finetune import glue as G
 from bertperf.finetune.common import encode_pairs, truncate_pair
 from bertperf.utils.errors import BertperfError
-from tests.finetune.glue_files import write_glue
+from tests.finetune.conftest import write_glue
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import h5py
 import pytest
 import torch
 
-from tests.train.runner import read_metrics, run_pretrain
+from tests.train.conftest import read_metrics, run_pretrain
 
 
 def common_args(ds_config: Path, shards: Path, vocab: Path) -> list[str]:
