@@ -78,7 +78,7 @@ def load_tokenizer(vocab_file: str | os.PathLike, lower_case: bool | None = None
         lower_case = guess_lower_case(load_vocab(vocab_file))
     wp = WordPieceTokenizer(vocab_file, lower_case=lower_case)
     return FastTokenizer(
-        backend=wp._tok,  # the `tokenizers.Tokenizer` it builds (offsets, word_ids needed here)
+        backend=wp.backend,  # the `tokenizers.Tokenizer` it builds (offsets, word_ids needed here)
         vocab_size=wp.vocab_size,
         cls_id=wp.cls_id,
         sep_id=wp.sep_id,

@@ -185,13 +185,11 @@ class QuestionAnsweringOutput:
     end_logits: Tensor
 
 
-class BertForSequenceClassification(BertPreTrainedModel):
-    """Pooled [CLS] -> dropout -> Linear(h, num_labels) (HF `BertForSequenceClassification`).
+class _BertClassifier(BertPreTrainedModel):
+    """Shared body of the classification heads: a BertModel (with a pooler when the head reads the
+    pooled [CLS]) and one Linear(h, num_labels) named `classifier`, as HF names it."""
 
-    Loss with `labels`: cross-entropy (int labels [B]) or, when num_labels == 1, mean squared
-    error (float labels [B], regression as STS-B)."""
-
-    hf_architecture = "BertForSequenceClassification"
+    add_pooling_layer: bool = True
 
     def __init__(self, config: BertConfig, num_labels: int = 2):
         super().__init__()
@@ -199,12 +197,21 @@ class BertForSequenceClassification(BertPreTrainedModel):
             raise BertperfError(f"num_labels must be a positive integer, got {num_labels!r}")
         self.config = config
         self.num_labels = num_labels
-        self.bert = BertModel(config, add_pooling_layer=True)
+        self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_bert_weights(self.classifier, config.initializer_range)
 
     def hf_config_extra(self) -> dict[str, Any]:
         return _label_config(self.num_labels)
+
+
+class BertForSequenceClassification(_BertClassifier):
+    """Pooled [CLS] -> dropout -> Linear(h, num_labels) (HF `BertForSequenceClassification`).
+
+    Loss with `labels`: cross-entropy (int labels [B]) or, when num_labels == 1, mean squared
+    error (float labels [B], regression as STS-B)."""
+
+    hf_architecture = "BertForSequenceClassification"
 
     def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None, input_mask: Tensor | None = None,
                 labels: Tensor | None = None) -> SequenceClassifierOutput:
@@ -219,24 +226,12 @@ class BertForSequenceClassification(BertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(_BertClassifier):
     """Every token's hidden state -> dropout -> Linear(h, num_labels); no pooler
     (HF `BertForTokenClassification`). Loss: cross-entropy over labels [B, S] != -100."""
 
     hf_architecture = "BertForTokenClassification"
-
-    def __init__(self, config: BertConfig, num_labels: int = 2):
-        super().__init__()
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise BertperfError(f"num_labels must be a positive integer, got {num_labels!r}")
-        self.config = config
-        self.num_labels = num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        init_bert_weights(self.classifier, config.initializer_range)
-
-    def hf_config_extra(self) -> dict[str, Any]:
-        return _label_config(self.num_labels)
+    add_pooling_layer = False
 
     def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None, input_mask: Tensor | None = None,
                 labels: Tensor | None = None) -> TokenClassifierOutput:
