@@ -5,7 +5,8 @@
     make bench                                      # the full matrix, JSON in bench/results/
 
 Contenders, each a full training step (zero_grad, forward, MLM + NSP loss, backward, AdamW step)
-on the same batch with the same thread count:
+on the same batch with the same thread count; both use torch's fused AdamW (`fused=True`, the
+optimizer transformers' Trainer picks by default on recent torch):
 - `bertperf`: `bertperf.model.BertForPreTraining` (sparse MLM head: only the masked positions
   reach the decoder; fused QKV; the fused kernels with `--kernel_backend`, default cpu). bf16 is
   bertperf's own path, as DeepSpeed's bf16 mode runs it: bf16 weights and activations, fp32 master
@@ -78,7 +79,7 @@ class Bf16MasterAdamW:
     def __init__(self, model: torch.nn.Module, lr: float):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]
-        self.opt = torch.optim.AdamW(self.masters, lr=lr)
+        self.opt = torch.optim.AdamW(self.masters, lr=lr, fused=True)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -112,7 +113,7 @@ def build_bertperf(cfg: BertConfig, batch, mode: str, precision: str, lr: float)
         model = model.to(torch.bfloat16)
         opt = Bf16MasterAdamW(model, lr)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
     fwd = torch.compile(model) if mode == "compile" else model
 
     def step() -> None:
@@ -128,7 +129,7 @@ def build_hf(cfg: BertConfig, batch, mode: str, precision: str, lr: float) -> Ca
 
     hf_cfg = transformers.BertConfig(**cfg.to_hf_dict())
     model = transformers.BertForPreTraining(hf_cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
     fwd = torch.compile(model) if mode == "compile" else model
     inputs = hf_inputs(batch)
 
@@ -208,6 +209,29 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
     return rows
 
 
+def profile_case(model: str, seq: int, args: argparse.Namespace) -> list[dict]:
+    """Self CPU time per torch op over `--steps` steps of one contender (after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    name, mode, precision = args.profile
+    masked = MASKED.get(seq, round(0.15 * seq))
+    cfg = BertConfig.preset(model, kernel_backend=args.kernel_backend, max_position_embeddings=max(512, seq))
+    batch = make_batch(cfg.vocab_size, args.batch, seq, masked)
+    torch.manual_seed(0)
+    step = {"bertperf": build_bertperf, "hf": build_hf}[name](cfg, batch, mode, precision, 1e-4)
+    for _ in range(args.warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [{"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3 / args.steps, 3),
+             "percent": round(100 * e.self_cpu_time_total / total, 2)}
+            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.profile_top]]
+    return rows
+
+
 def format_rows(rows: list[dict], peaks: dict[str, float]) -> str:
     lines = ["| model | seq | contender | mode | prec | seq/s median [min, max] | x best HF (same prec) "
              "| x HF fp32 eager | TFLOP/s | MFU |", "|" + "---|" * 10]
@@ -238,9 +262,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation happens here)")
     p.add_argument("--kernel_backend", default="cpu", help="bertperf's fused-kernel backend")
     p.add_argument("--gemm", type=int, default=2048, help="size of the peak-GEMM probe")
+    p.add_argument("--profile", nargs=3, metavar=("FRAMEWORK", "MODE", "PRECISION"), default=None,
+                   help="instead of the matrix: per-op self CPU time of one contender (torch.profiler) for "
+                        "each model, e.g. --profile bertperf eager fp32; JSON kind 'profile'")
+    p.add_argument("--profile_top", type=int, default=25, help="ops kept in the profile")
     p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "e2e.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        rows = []
+        for model in args.models:
+            for seq in args.seqs:
+                part = profile_case(model, seq, args)
+                rows += [{"model": model, "seq": seq, **r} for r in part]
+                print(f"\n{model} s{seq} {' '.join(args.profile)}: self CPU ms per step")
+                for r in part:
+                    print(f"  {r['self_ms']:10.2f} ms {r['percent']:6.2f}%  {r['calls']:5d}x  {r['op']}")
+        path = args.json if args.json != p.get_default("json") else args.json.replace("e2e.json", "profile.json")
+        write_bench_json(path, "profile", f"Where a training step's time goes: {' '.join(args.profile)}", rows,
+                         [f"torch.profiler self CPU time per step, {args.steps} steps after {args.warmup} warm-up, "
+                          f"batch {args.batch}, {args.threads} threads"])
+        print(f"\nwrote {path}")
+        return 0
     peaks = {"fp32": peak_gemm(args.gemm, torch.float32), "bf16": peak_gemm(args.gemm, torch.bfloat16)}
     cases = [(m, s) for m in args.models for s in args.seqs]
     if args.base512 and "base" in args.models and 512 not in args.seqs:
