@@ -10,13 +10,17 @@ from bertperf.utils.errors import run_cli
 # name -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
     "prepare": ("bertperf.data.prepare", "Wikipedia dump or text -> masked-LM/NSP HDF5 shards"),
+    "vocab": ("bertperf.data.vocab", "train a WordPiece vocab.txt from a corpus"),
+    "inspect": ("bertperf.data.inspect", "show instances of a shard decoded, and shard statistics"),
+    "convert-tfrecord": ("bertperf.convert.tfrecord", "Google TFRecord pre-training files -> HDF5 shards"),
     "finetune": ("bertperf.finetune.cli", "fine-tune on GLUE, SQuAD v1.1/v2.0, NER or TNEWS"),
+    "report": ("bertperf.report.report", "throughput report (markdown + HTML with plots) from runs and benches"),
 }
 
 
 def usage() -> str:
     lines = ["usage: bertperf COMMAND [options]   (bertperf COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

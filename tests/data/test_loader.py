@@ -1,14 +1,18 @@
-"""PretrainingDataset: the contracted items, across several shards, and its errors."""
+"""PretrainingDataset (the contracted items, errors) and ShardedLoader (order, ranks, exact resume, memory)."""
 from __future__ import annotations
 
+import json
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bertperf.data.loader import PretrainingDataset
+from bertperf.data import loader as loader_mod
+from bertperf.data.loader import PretrainingDataset, ShardedLoader
 from bertperf.data.shards import SCHEMA, ShardError, find_shards, write_shard
+from bertperf.utils.errors import BertperfError
 from tests.data.test_shards import random_arrays
 
 
@@ -51,3 +55,193 @@ def test_errors(tmp_path: Path):
         PretrainingDataset([tmp_path / "a.hdf5"], vocab_size=10)
     with pytest.raises(ShardError, match="no shard files"):
         PretrainingDataset([])
+
+
+# ---------------------------------------------------------------------------------------------
+# ShardedLoader
+# ---------------------------------------------------------------------------------------------
+
+S, P = 12, 3
+
+
+def id_shards(tmp_path: Path, sizes: list[int], seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Shards whose instance g (global index in file order) carries g in input_ids[:, 1:3]
+    (g % 100, g // 100); returns the files and all arrays concatenated."""
+    files, parts, g = [], [], 0
+    for k, n in enumerate(sizes):
+        a = random_arrays(n, S, P, vocab=1000, seed=seed + k)
+        ids = np.arange(g, g + n)
+        a["input_ids"][:, 1], a["input_ids"][:, 2] = ids % 100 + 1, ids // 100 + 1
+        path = tmp_path / f"part_{k:03d}.hdf5"
+        write_shard(path, a)
+        files.append(str(path))
+        parts.append(a)
+        g += n
+    return files, {name: np.concatenate([a[name] for a in parts]) for name in SCHEMA}
+
+
+def sample_ids(batch: dict[str, torch.Tensor]) -> list[int]:
+    ids = batch["input_ids"].numpy()
+    return ((ids[:, 1] - 1) + 100 * (ids[:, 2] - 1)).tolist()
+
+
+def take(loader: ShardedLoader, n_batches: int) -> list[dict[str, torch.Tensor]]:
+    it = iter(loader)
+    return [next(it) for _ in range(n_batches)]
+
+
+SIZES = [7, 0, 13, 5, 1, 9]  # N = 35, with an empty shard and a one-instance shard
+
+
+def test_batches_are_collated_instances(tmp_path: Path):
+    files, whole = id_shards(tmp_path, SIZES)
+    ld = ShardedLoader(files, rank=0, world_size=1, micro_batch=4, seed=3, vocab_size=1000)
+    assert (ld.seq_length, ld.max_predictions, ld.num_samples, ld.rounds_per_epoch) == (S, P, 35, 35)
+    assert ShardedLoader(str(tmp_path), rank=0, world_size=1, micro_batch=4, seed=3).files == files  # a directory
+    ds = PretrainingDataset(files)
+    for batch in take(ld, 12):
+        assert list(batch) == list(SCHEMA)
+        ids = sample_ids(batch)
+        ref = torch.utils.data.default_collate([ds[i] for i in ids])
+        assert list(ref) == list(batch)
+        for name in SCHEMA:
+            assert batch[name].dtype == torch.int64 and batch[name].shape == ref[name].shape
+            assert torch.equal(batch[name], ref[name])
+
+
+@pytest.mark.parametrize("world_size,micro_batch", [(1, 1), (1, 4), (2, 3), (3, 2), (4, 5)])
+def test_ranks_disjoint_and_epoch_covers_all(tmp_path: Path, world_size: int, micro_batch: int):
+    files, _ = id_shards(tmp_path, SIZES)
+    n = sum(SIZES)
+    rounds = n // world_size
+    epochs = 3
+    streams = []
+    for r in range(world_size):
+        ld = ShardedLoader(files, rank=r, world_size=world_size, micro_batch=micro_batch, seed=11)
+        need = -(-epochs * rounds // micro_batch)
+        streams.append([i for b in take(ld, need) for i in sample_ids(b)][:epochs * rounds])
+    orders = []
+    for e in range(epochs):
+        per_rank = [s[e * rounds:(e + 1) * rounds] for s in streams]
+        seen = [i for s in per_rank for i in s]
+        assert len(seen) == len(set(seen)) == rounds * world_size  # disjoint, no repeats within an epoch
+        assert set(seen) <= set(range(n))
+        # interleaved by rounds, the ranks' streams are the epoch's global stream (remainder skipped)
+        orders.append([per_rank[r][j] for j in range(rounds) for r in range(world_size)])
+    assert orders[0] != orders[1] != orders[2]  # a fresh shuffle each epoch
+    if world_size == 1:
+        assert all(sorted(o) == list(range(n)) for o in orders)
+
+
+def test_order_is_shard_order_then_row_permutation(tmp_path: Path):
+    files, _ = id_shards(tmp_path, SIZES)
+    starts = np.concatenate([[0], np.cumsum(SIZES)])
+    ld = ShardedLoader(files, rank=0, world_size=1, micro_batch=5, seed=7)
+    stream = [i for b in take(ld, 7) for i in sample_ids(b)]
+    expected = [int(starts[k] + j) for k in ld.shard_order(0) for j in ld.row_order(0, int(k))]
+    assert stream == expected
+    assert sorted(ld.shard_order(0).tolist()) == [0, 2, 3, 4, 5]  # the empty shard is never visited
+
+
+def test_deterministic_and_seeded(tmp_path: Path):
+    files, _ = id_shards(tmp_path, SIZES)
+    a = [sample_ids(b) for b in take(ShardedLoader(files, rank=1, world_size=2, micro_batch=3, seed=5), 15)]
+    b = [sample_ids(b) for b in take(ShardedLoader(files, rank=1, world_size=2, micro_batch=3, seed=5), 15)]
+    c = [sample_ids(b) for b in take(ShardedLoader(files, rank=1, world_size=2, micro_batch=3, seed=6), 15)]
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("world_size,micro_batch", [(1, 4), (2, 3), (3, 5)])
+def test_resume_at_every_batch_is_exact(tmp_path: Path, world_size: int, micro_batch: int):
+    files, _ = id_shards(tmp_path, SIZES)
+    total = 3 * sum(SIZES) // (world_size * micro_batch) + 2  # crosses epoch boundaries
+    for r in range(world_size):
+        ld = ShardedLoader(files, rank=r, world_size=world_size, micro_batch=micro_batch, seed=9)
+        it = iter(ld)
+        ref, states = [], [ld.state_dict()]
+        for _ in range(total):
+            ref.append(sample_ids(next(it)))
+            states.append(json.loads(json.dumps(ld.state_dict())))  # JSON-able
+        for t in range(total):
+            resumed = ShardedLoader(files, rank=r, world_size=world_size, micro_batch=micro_batch, seed=0,
+                                    state=states[t])  # the state's seed wins
+            got = [sample_ids(b) for b in take(resumed, min(3, total - t))]
+            assert got == ref[t:t + len(got)], f"rank {r}, resume after batch {t}"
+            assert resumed.state_dict() == states[t + len(got)]
+            assert ld.advance(states[t], batches=total - t) == states[total]  # arithmetic = iterated
+        # every rank reports the same position after the same number of batches
+        if r == 0:
+            states0 = states
+        else:
+            assert states == states0
+
+
+def test_resume_with_another_world_size(tmp_path: Path):
+    """The offset is global: 2 ranks resumed from a 3-rank state continue the same global stream."""
+    files, _ = id_shards(tmp_path, SIZES)
+    three = [ShardedLoader(files, rank=r, world_size=3, micro_batch=2, seed=4) for r in range(3)]
+    seen = [sample_ids(b) for ld in three for b in take(ld, 2)]
+    state = three[0].state_dict()
+    assert state["offset"] == 12 and state["epoch"] == 0
+    full = ShardedLoader(files, rank=0, world_size=1, micro_batch=35, seed=4)
+    stream = sample_ids(take(full, 1)[0])
+    two = [ShardedLoader(files, rank=r, world_size=2, micro_batch=2, seed=1, state=state) for r in range(2)]
+    nxt = [sample_ids(take(ld, 1)[0]) for ld in two]
+    assert nxt == [[stream[12], stream[14]], [stream[13], stream[15]]]
+    assert set(stream[:12]) == {i for s in seen for i in s}
+
+
+def test_memory_bounded_to_one_shard(tmp_path: Path, monkeypatch):
+    files, _ = id_shards(tmp_path, [6, 6, 6, 6, 6])
+    real = loader_mod.read_shard
+    refs: list[weakref.ref] = []
+    peak = [0]
+
+    def alive() -> int:
+        return sum(r() is not None for r in refs)
+    reads = [0]
+
+    class Shard(dict):
+        pass
+
+    def counting_read(path, vocab_size=None):
+        shard = Shard(real(path, vocab_size=vocab_size))
+        refs.append(weakref.ref(shard))
+        reads[0] += 1
+        peak[0] = max(peak[0], alive())
+        return shard
+
+    monkeypatch.setattr(loader_mod, "read_shard", counting_read)
+    ld = ShardedLoader(files, rank=0, world_size=1, micro_batch=4, seed=1)
+    for b in take(ld, 30):  # 4 epochs of 30 samples
+        peak[0] = max(peak[0], alive())
+    assert reads[0] == 20 and peak[0] == 1  # each shard is freed before the next one is read
+
+
+def test_loader_errors(tmp_path: Path):
+    files, _ = id_shards(tmp_path, [4, 4])
+    ld = ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0)
+    with pytest.raises(BertperfError, match="saved for 9 samples.*hold 8"):
+        ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, state={**ld.state_dict(), "num_samples": 9})
+    with pytest.raises(BertperfError, match="malformed"):
+        ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, state={"epoch": 0})
+    write_shard(tmp_path / "other.hdf5", random_arrays(3, 2 * S, P))
+    with pytest.raises(ShardError, match="other.hdf5.*sequence length 24"):
+        ShardedLoader(files + [str(tmp_path / "other.hdf5")], rank=0, world_size=1, micro_batch=2, seed=0)
+    with pytest.raises(BertperfError, match="fewer than the 9 ranks"):
+        ShardedLoader(files, rank=0, world_size=9, micro_batch=2, seed=0)
+    with pytest.raises(ShardError, match="no shard files"):
+        ShardedLoader([], rank=0, world_size=1, micro_batch=2, seed=0)
+    # a shard whose ids exceed the vocab is reported (file, dataset) when it is loaded
+    with pytest.raises(ShardError, match=r"part_00\d.hdf5.*vocab size 5\b"):
+        take(ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=5), 1)
+    with pytest.raises(ShardError, match=r"part_000.hdf5.*vocab size 5\b"):
+        ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=5).check_all()
+    ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=1000).check_all()
+    # a truncated shard: named at construction (metadata unreadable) or when loaded
+    data = Path(files[1]).read_bytes()
+    Path(files[1]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="part_001.hdf5"):
+        take(ShardedLoader(files, rank=0, world_size=1, micro_batch=8, seed=0), 1)
+    with pytest.raises(ShardError, match="part_001.hdf5"):
+        ShardedLoader(files, rank=0, world_size=1, micro_batch=8, seed=0).check_all()
