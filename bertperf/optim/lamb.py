@@ -40,7 +40,10 @@ ZeRO: a step is split into separable stages that a partitioned wrapper can drive
 squared norms of p and u: a wrapper sums them over the flat fragments of one tensor and
 all-reduces them) and ``apply_update(bucket, step_sizes)`` (``p -= step_size * u`` with u
 recomputed from the new moments; ``step_sizes = lr * trust_ratios(...)``). ``step()`` uses the
-backend's fused path, which gives the same bits on the cpu backend.
+backend's fused path, which gives the same bits on the cpu backend. `fragment_bucket` builds a
+bucket over element ranges of one flat partition (the pieces of model tensors a ZeRO rank holds),
+and ``Lamb.partitioned_step`` hands the whole step to such a wrapper:
+`bertperf.optim.zero_lamb.attach_zero_lamb` sets it for a DeepSpeed ZeRO-1/2 engine.
 """
 from __future__ import annotations
 
@@ -377,6 +380,8 @@ class Lamb(torch.optim.Optimizer):
         device = next(p.device for g in self.param_groups for p in g["params"])
         self.backend: LambBackend = get_backend(backend, device)
         self.backend_name: str = getattr(self.backend, "name", backend)
+        # set by a partitioning wrapper (bertperf.optim.zero_lamb): step() then delegates to it
+        self.partitioned_step: Callable[["Lamb"], None] | None = None
 
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:
@@ -399,6 +404,10 @@ class Lamb(torch.optim.Optimizer):
             self._check_group(self.param_groups[-1])
 
     # ---- state -------------------------------------------------------------------------------
+
+    def state_for(self, p: Tensor) -> dict[str, Any]:
+        """The state of `p`, created (step 0, zero moments, fp32 master for bf16) if missing."""
+        return self._state_for(p)
 
     def _state_for(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
@@ -490,6 +499,32 @@ class Lamb(torch.optim.Optimizer):
             adapt=bool(group["layer_adaptation"]),
         )
 
+    def fragment_bucket(self, group: dict[str, Any], flat: Tensor, grad: Tensor,
+                        spans: list[tuple[int, int]], clip_coef: float) -> LambBucket:
+        """A bucket over element ranges of one flat fp32 parameter `flat` of `group` (a ZeRO partition).
+
+        `flat` and `grad` are 1-D fp32 tensors of the same length; `spans` are disjoint
+        ``(start, numel)`` ranges, one per model tensor (fragment) the partition holds: the bucket's
+        i-th tensors are the views ``x[start:start + numel]`` of `flat`, `grad` and the moments, so
+        the stages return and take per-fragment values. Elements outside every span are left
+        alone. Advances the step count of `flat` once (creating its state): call once per step.
+        """
+        if flat.dtype != torch.float32 or flat.dim() != 1 or grad.dtype != torch.float32 or grad.shape != flat.shape:
+            raise ValueError(f"fragment_bucket needs a 1-D fp32 partition and an fp32 gradient of its shape, got "
+                             f"{flat.dtype} {tuple(flat.shape)} and {grad.dtype} {tuple(grad.shape)}")
+        state = self._state_for(flat)
+        state["step"] += 1
+        bucket = LambBucket([], [], [], [], [], self._scalars(group, state["step"], clip_coef))
+        grad = grad.contiguous()
+        for start, numel in spans:
+            view = flat.narrow(0, start, numel)
+            bucket.params.append(view)
+            bucket.masters.append(view)
+            bucket.grads.append(grad.narrow(0, start, numel))
+            bucket.exp_avgs.append(state["exp_avg"].narrow(0, start, numel))
+            bucket.exp_avg_sqs.append(state["exp_avg_sq"].narrow(0, start, numel))
+        return bucket
+
     def update_moments(self, bucket: LambBucket) -> Tensor:
         """Stage 1 of a split step: m, v in place; returns float64 [n, 2] (||p||^2, ||u||^2)."""
         return self.backend.update_moments(bucket)
@@ -505,6 +540,9 @@ class Lamb(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.partitioned_step is not None:
+            self.partitioned_step(self)
+            return loss
         coef = clip_coefficient(self.grad_sq_norm(), self.max_grad_norm) if self.max_grad_norm > 0 else 1.0
         for bucket in self.buckets(coef):
             self.backend.fused_step(bucket)

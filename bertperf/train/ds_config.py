@@ -8,7 +8,8 @@ Taken over (removed from the dict given to `deepspeed.initialize`):
 Completed (written into the dict so DeepSpeed and the data loader agree):
 - train_micro_batch_size_per_gpu, gradient_accumulation_steps, train_batch_size: resolved for
   the run's world size with DeepSpeed's rules, checked for consistency.
-- zero_allow_untested_optimizer: set to true when the optimizer is bertperf's Lamb under ZeRO.
+- zero_allow_untested_optimizer: set to true when the optimizer is bertperf's Lamb under ZeRO
+  (made exact under ZeRO-1/2 by `bertperf.optim.zero_lamb`; Lamb with ZeRO-3 is refused here).
 - steps_per_print: defaults to a large value (bertperf logs itself).
 Everything else (zero_optimization, bf16, gradient_clipping, ...) goes to DeepSpeed unchanged.
 """
@@ -140,6 +141,10 @@ def load_train_setup(path: str, world_size: int, max_steps: int, fp16_supported:
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise BertperfError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    if stage not in entry.zero_stages:
+        raise BertperfError(f"{path}: optimizer.type {optimizer.get('type')!r} is not supported under "
+                            f"zero_optimization.stage {stage} (its per-tensor trust ratios would be taken on "
+                            f"partition slices); use stage {max(entry.zero_stages)} or AdamW")
     bf16 = bool((cfg.get("bf16") or cfg.get("bfloat16") or {}).get("enabled", False))
     if (cfg.get("fp16") or {}).get("enabled", False) and not fp16_supported:
         raise BertperfError(f"{path}: fp16 is not supported on this device (CPU); use \"bf16\": {{\"enabled\": true}}")

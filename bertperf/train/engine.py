@@ -91,12 +91,22 @@ def quiet_deepspeed(level: int = logging.WARNING) -> None:
     warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.*is deprecated", category=FutureWarning)
 
 
-def init_distributed() -> None:
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """`deepspeed.init_distributed` with gloo on CPU (the accelerator's backend elsewhere), MPI discovery on.
+
+    `timeout_s` bounds every collective: a rank that waits longer for its peers (one hung or gone
+    without closing its connections) fails instead of blocking forever. DeepSpeed's default is
+    30 minutes; ours is 10, long enough for rank 0 to write a large checkpoint and export while the
+    others wait in a barrier. (A peer that dies closes its sockets, which fails the collective at once.)
 
     DeepSpeed's shared-memory all-reduce op (used only by its inference all-reduce) is switched off:
     building it is a 70-90 s C++ JIT compile on first use that training never benefits from.
     """
+    from datetime import timedelta
+
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -112,16 +122,23 @@ def init_distributed() -> None:
         except ImportError:
             raise BertperfError("launched under MPI but mpi4py is not installed: pip install mpi4py "
                                 "(and Debian's libopenmpi-dev), or launch with `deepspeed --num_gpus N`") from None
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False,
+                               timeout=timedelta(seconds=timeout_s))
 
 
 def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                lr_scheduler: Any, ds_config: dict[str, Any]) -> Any:
-    """`deepspeed.initialize` with a client optimizer (and lr scheduler, if any); returns the engine."""
+    """`deepspeed.initialize` with a client optimizer (and lr scheduler, if any); returns the engine.
+
+    A bertperf Lamb under ZeRO-1/2 is then made exact (`bertperf.optim.zero_lamb.attach_zero_lamb`).
+    """
     import deepspeed
+
+    from bertperf.optim.zero_lamb import attach_zero_lamb
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                            config=ds_config, dist_init_required=False)
+    attach_zero_lamb(engine)
     return engine
 
 

@@ -8,6 +8,11 @@ that change nothing here (``torch_adam``, ``fused``) are accepted and ignored.
 
 Parameter groups follow BERT's recipe: biases and LayerNorm parameters get no weight decay
 (`bertperf.optim.lamb.lamb_param_groups`).
+
+Lamb under ZeRO: DeepSpeed hands the optimizer flat partitions, so `bertperf.train.engine.initialize`
+calls `bertperf.optim.zero_lamb.attach_zero_lamb`, which makes its per-tensor trust ratios exact
+under ZeRO-1/2. ZeRO-3 is not supported with Lamb (`OptimizerEntry.zero_stages`), and a JSON that
+asks for it is refused before training starts.
 """
 from __future__ import annotations
 
@@ -39,12 +44,15 @@ class OptimizerEntry:
     zero_untested: bool = False
     # param-group keys only this optimizer understands (others get them removed)
     group_keys: frozenset[str] = field(default_factory=frozenset)
+    # the ZeRO stages under which it computes what it computes without ZeRO
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
     "adamw": OptimizerEntry(cls=lambda: torch.optim.AdamW),
     "adam": OptimizerEntry(cls=lambda: torch.optim.AdamW),
-    "lamb": OptimizerEntry(cls=_lamb_class, zero_untested=True, group_keys=frozenset({"layer_adaptation"})),
+    "lamb": OptimizerEntry(cls=_lamb_class, zero_untested=True, group_keys=frozenset({"layer_adaptation"}),
+                           zero_stages=(0, 1, 2)),
 }
 
 
