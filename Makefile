@@ -6,25 +6,53 @@ PIP   := $(VENV)/bin/pip -q --disable-pip-version-check
 DATA  := .data
 STAMP := $(VENV)/.bertperf-setup
 CSRC  := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/include/bertperf/*.h)
+# Debian packages `make setup` installs when missing (apt-get, non-interactive; root or sudo).
+# Open MPI for `mpirun` / `deepspeed --launcher openmpi` launches (mpi4py's wheel loads its libmpi).
+# Another need adds its own line, e.g. `APT_PACKAGES += chromium`.
+APT_PACKAGES := openmpi-bin libopenmpi-dev
+# Chromium (headless) renders `bertperf report`'s HTML page in tests/report.
+APT_PACKAGES += chromium
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TORCH_EXTENSIONS_DIR := $(abspath .cache/torch_extensions)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup apt-deps demo test bench clean
 
 setup: $(STAMP)
 
+# Checks each of APT_PACKAGES with dpkg-query (a few ms when all are there: `make setup` stays a
+# no-op) and installs only the missing ones: apt-get update, then install without recommends,
+# waiting up to 5 min for a dpkg lock another install holds; apt's output is shown only on failure.
+# Without apt-get (not Debian) it warns and goes on.
+apt-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "== setup: WARNING: no apt-get; install these (or your system's equivalents) yourself:" $$missing; exit 0; fi; \
+	sudo=; if [ "$$(id -u)" != 0 ]; then \
+		if command -v sudo >/dev/null; then sudo="sudo -n"; else \
+		echo "== setup: need root (or sudo) to apt-get install:" $$missing >&2; exit 1; fi; fi; \
+	echo "== setup: apt-get install" $$missing; \
+	log=$$(mktemp); export DEBIAN_FRONTEND=noninteractive; \
+	if $$sudo apt-get -q -o DPkg::Lock::Timeout=300 update >$$log 2>&1 && \
+		$$sudo apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends $$missing >>$$log 2>&1; \
+	then rm -f $$log; else tail -n 20 $$log >&2; rm -f $$log; \
+		echo "== setup: apt-get install failed for:" $$missing >&2; exit 1; fi
+
 # torch goes in first and alone, from the local CPU wheel; requirements.txt pins it again so no
 # later install can pull a CUDA build. Then the project, editable, built against that torch.
-$(STAMP): requirements.txt setup.py scripts/get_sample_data.py $(CSRC)
+# apt-deps is order-only: it runs first on every `make setup`, but never forces a reinstall.
+$(STAMP): requirements.txt setup.py scripts/get_sample_data.py $(CSRC) | apt-deps
 	@echo "== setup: $(VENV) (torch 2.13.0 CPU, pinned deps, bertperf editable, sample data)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PIP) install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PIP) install -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PIP) install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import torch, deepspeed, bertperf; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__" 2>/dev/null
+	@$(PY) -c "from mpi4py import MPI" 2>/dev/null || echo "== setup: WARNING: mpi4py cannot load an MPI library (Open MPI missing?): mpirun launches will fail"
 	@$(PY) scripts/get_sample_data.py $(DATA)
 	@touch $@
 	@echo "== setup done"
@@ -34,6 +62,13 @@ demo: setup
 
 test: setup
 	@$(PY) -m pytest -q tests
+
+# bench (not in CI; tens of minutes, wants a quiet machine): the end-to-end matrix (bertperf vs
+# Hugging Face), the kernel benches, then the report (bench/results/ -> bench/report/).
+bench: setup
+	@$(PY) bench/bench_e2e.py --json bench/results/e2e.json
+	@$(PY) bench/bench_kernels.py
+	@$(PY) -m bertperf.report.report bench/results --out bench/report
 
 clean:
 	rm -rf $(VENV) build *.egg-info bertperf/*.so .cache runs
