@@ -1,33 +1,42 @@
-"""Input text for pre-training: Wikipedia dumps, WikiExtractor output, or Google's plain text.
+"""Input text for pre-training: Wikipedia dumps, WikiExtractor output, Google's plain text, Chinese.
 
-Every reader yields documents as lists of sentences (`list[str]`, no empty strings), in input
-order. Three input kinds are recognised from the content (after bz2/gzip decompression):
+Readers yield documents in input order, either raw (`RawDocument`: paragraphs still to split, or
+sentences) or split into sentences (`list[str]`, no empty strings). Input kinds are recognised
+from the content (after bz2/gzip decompression):
 
-* a MediaWiki XML dump (`<mediawiki ...>`, `.xml`, `.xml.bz2`): text is extracted by running the
-  `wikiextractor` package in a subprocess, then read as below;
+* a MediaWiki XML dump (`<mediawiki ...>`, `.xml`, `.xml.bz2`): text is extracted by the
+  `wikiextractor` package in a subprocess writing to a pipe (`-o -`), read while it runs
+  (streaming: no temporary files, bounded memory), then read as below;
 * WikiExtractor output (`<doc id=... title=...>` blocks, a file or a directory of them): the title
-  line is dropped, HTML entities are unescaped, every paragraph line is split into sentences with
-  `split_sentences`, and documents without text (redirects, stubs) are skipped;
-* Google's plain text (anything else that decodes as UTF-8): one sentence per line, blank lines
-  between documents, as `create_pretraining_data.py` reads it; lines are kept as they are.
+  line is dropped, HTML entities are unescaped, every paragraph line is split into sentences
+  (`split_paragraph`: English rules, or Chinese rules for Chinese text), and documents without
+  text (stubs) are skipped;
+* Google's plain text (anything else): one sentence per line, blank lines between documents, as
+  `create_pretraining_data.py` reads it; lines are kept as they are (Chinese lines are split on
+  Chinese end punctuation, see `bertperf.data.chinese`).
 
-Unreadable input (missing, undecodable, corrupt archive, `.xml` that is not a MediaWiki dump)
-raises `BertperfError` naming the file.
+Bad input inside a file is skipped and counted in a `ReadStats`, never fatal: lines that are not
+UTF-8, WikiExtractor blocks without an end, blocks without text. Unusable inputs (missing,
+binary, corrupt archive, `.xml` that is not a MediaWiki dump, wikiextractor failing) raise
+`BertperfError` naming the file.
 """
 from __future__ import annotations
 
 import bz2
 import gzip
 import html
+import io
 import logging
 import os
 import re
 import subprocess
 import sys
-import tempfile
+import threading
 from collections import deque
-from typing import IO, Iterable, Iterator
+from dataclasses import dataclass, fields
+from typing import IO, Iterable, Iterator, NamedTuple
 
+from bertperf.data.chinese import looks_chinese, split_sentences_zh
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)
@@ -124,6 +133,62 @@ def split_sentences(text: str) -> list[str]:
 # Reading files
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class ReadStats:
+    """Bad input met while reading, skipped and counted (reported in prepare_summary.json).
+
+    `non_utf8_lines`: lines that are not valid UTF-8 (the whole line is dropped);
+    `malformed_pages`: WikiExtractor `<doc>` blocks without their end (or an end without a start);
+    `empty_documents`: `<doc>` blocks without any text (stubs, lists that wikiextractor emptied).
+    """
+
+    non_utf8_lines: int = 0
+    malformed_pages: int = 0
+    empty_documents: int = 0
+
+    def add(self, other: "ReadStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class RawDocument(NamedTuple):
+    """One document before sentence splitting: `lines` are paragraphs to split into sentences
+    (`paragraphs=True`, WikiExtractor output) or sentences already (Google's plain text)."""
+
+    lines: list[str]
+    paragraphs: bool
+
+
+ENGLISH, CHINESE, AUTO = "en", "zh", "auto"
+LANGUAGES = (AUTO, ENGLISH, CHINESE)
+
+
+def split_paragraph(text: str, language: str = AUTO) -> list[str]:
+    """Sentences of one paragraph: Chinese rules (`chinese.split_sentences_zh`) for "zh" or, with
+    "auto", when at least 30% of the characters are CJK; English rules (`split_sentences`) otherwise."""
+    if language == CHINESE or (language == AUTO and looks_chinese(text)):
+        return split_sentences_zh(text)
+    return split_sentences(text)
+
+
+def split_document(doc: RawDocument, language: str = AUTO) -> Document:
+    """Sentences of a raw document. Paragraphs are split with `split_paragraph`; Google-format lines
+    are kept as they are, except that Chinese lines are split on Chinese end punctuation."""
+    out: Document = []
+    if doc.paragraphs:
+        for par in doc.lines:
+            out.extend(split_paragraph(par, language))
+        return out
+    if language == ENGLISH:
+        return list(doc.lines)
+    for line in doc.lines:
+        if language == CHINESE or looks_chinese(line):
+            out.extend(split_sentences_zh(line))
+        else:
+            out.append(line)
+    return out
+
+
 def open_text(path: str) -> IO[str]:
     """Open a (possibly .bz2/.gz compressed) UTF-8 text file; errors become BertperfError."""
     try:
@@ -136,13 +201,35 @@ def open_text(path: str) -> IO[str]:
         raise BertperfError(f"{path}: cannot open input ({e.strerror or e})") from None
 
 
+def open_binary(path: str) -> IO[bytes]:
+    """Open a (possibly .bz2/.gz compressed) file for reading bytes; errors become BertperfError."""
+    try:
+        if path.endswith(".bz2"):
+            return bz2.open(path, "rb")
+        if path.endswith(".gz"):
+            return gzip.open(path, "rb")
+        return open(path, "rb")
+    except OSError as e:
+        raise BertperfError(f"{path}: cannot open input ({e.strerror or e})") from None
+
+
+def decode_lines(lines: Iterable[bytes], stats: ReadStats) -> Iterator[str]:
+    """UTF-8 lines of a byte stream; a line that does not decode is dropped and counted."""
+    for raw in lines:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            stats.non_utf8_lines += 1
+
+
 def _read_head(path: str, size: int = 4096) -> str:
     try:
-        with open_text(path) as f:
-            return f.read(size)
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        with open_binary(path) as f:
+            head = f.read(size)
+    except (OSError, EOFError) as e:
         raise BertperfError(f"{path}: unreadable input ({e.__class__.__name__}: {e}); give a Wikipedia XML dump "
                             "(.xml/.bz2), WikiExtractor output or UTF-8 text") from None
+    return head.decode("utf-8", errors="replace")
 
 
 def detect_kind(path: str) -> str:
@@ -168,26 +255,36 @@ def detect_kind(path: str) -> str:
 _DOC_START = re.compile(r"<doc\b[^>]*>\s*$")
 
 
-def parse_wikiextractor(lines: Iterable[str], where: str = "<input>") -> Iterator[Document]:
-    """Documents (sentence lists) from WikiExtractor `<doc ...>` ... `</doc>` blocks.
+def parse_wikiextractor_raw(lines: Iterable[str], where: str = "<input>",
+                            stats: ReadStats | None = None) -> Iterator[RawDocument]:
+    """Raw documents (paragraph lists) from WikiExtractor `<doc ...>` ... `</doc>` blocks.
 
-    The first line of a block is the title (dropped when it equals the title attribute or is the
-    first line); every other non-empty line is a paragraph, unescaped and sentence-split.
-    Documents with no sentence are skipped.
+    The first non-empty line of a block is the title (dropped); every other non-empty line is a
+    paragraph, HTML-unescaped. Blocks without text are skipped (`stats.empty_documents`); a block
+    cut by another `<doc>`, by the end of the input, or an `</doc>` without a start is skipped
+    (`stats.malformed_pages`).
     """
+    stats = stats if stats is not None else ReadStats()
     inside = False
     title_pending = False
-    doc: Document = []
+    doc: list[str] = []
     for line in lines:
-        line = line.rstrip("\n")
-        if not inside:
-            if _DOC_START.match(line):
-                inside, title_pending, doc = True, True, []
+        line = line.rstrip("\r\n")
+        if _DOC_START.match(line):
+            if inside:
+                stats.malformed_pages += 1
+            inside, title_pending, doc = True, True, []
             continue
         if line.startswith("</doc>"):
+            if not inside:
+                stats.malformed_pages += 1
+            elif doc:
+                yield RawDocument(doc, True)
+            else:
+                stats.empty_documents += 1
             inside = False
-            if doc:
-                yield doc
+            continue
+        if not inside:
             continue
         text = html.unescape(line).strip()
         if not text:
@@ -195,33 +292,50 @@ def parse_wikiextractor(lines: Iterable[str], where: str = "<input>") -> Iterato
         if title_pending:  # WikiExtractor repeats the title as the first line
             title_pending = False
             continue
-        doc.extend(split_sentences(text))
+        doc.append(text)
     if inside:
+        stats.malformed_pages += 1
         log.warning("%s: last <doc> block has no </doc>; it was dropped", where)
 
 
-def parse_plain_text(lines: Iterable[str]) -> Iterator[Document]:
-    """Documents from Google's format: one sentence per line, blank line between documents."""
-    doc: Document = []
+def parse_wikiextractor(lines: Iterable[str], where: str = "<input>") -> Iterator[Document]:
+    """Documents (sentence lists) from WikiExtractor blocks (see `parse_wikiextractor_raw`);
+    paragraphs are split with `split_paragraph`. Documents with no sentence are skipped."""
+    for raw in parse_wikiextractor_raw(lines, where):
+        doc = split_document(raw)
+        if doc:
+            yield doc
+
+
+def parse_plain_text_raw(lines: Iterable[str]) -> Iterator[RawDocument]:
+    """Raw documents from Google's format: one sentence per line, blank line between documents."""
+    doc: list[str] = []
     for line in lines:
         line = line.strip()
         if line:
             doc.append(line)
         elif doc:
-            yield doc
+            yield RawDocument(doc, False)
             doc = []
     if doc:
-        yield doc
+        yield RawDocument(doc, False)
 
 
-def _read_file(path: str, kind: str) -> Iterator[Document]:
+def parse_plain_text(lines: Iterable[str]) -> Iterator[Document]:
+    """Documents from Google's format: one sentence per line, blank line between documents."""
+    for raw in parse_plain_text_raw(lines):
+        yield raw.lines
+
+
+def _read_file(path: str, kind: str, stats: ReadStats) -> Iterator[RawDocument]:
     try:
-        with open_text(path) as f:
+        with open_binary(path) as f:
+            lines = decode_lines(f, stats)
             if kind == WIKIEXTRACTOR:
-                yield from parse_wikiextractor(f, where=path)
+                yield from parse_wikiextractor_raw(lines, where=path, stats=stats)
             else:
-                yield from parse_plain_text(f)
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+                yield from parse_plain_text_raw(lines)
+    except (OSError, EOFError) as e:
         raise BertperfError(f"{path}: unreadable input ({e.__class__.__name__}: {e})") from None
 
 
@@ -234,34 +348,76 @@ def _wikiextractor_files(directory: str) -> list[str]:
     return files
 
 
+def _wikiextractor_cmd(dump: str, out: str, processes: int) -> list[str]:
+    return [sys.executable, "-m", "wikiextractor.WikiExtractor", dump, "-o", out,
+            "--processes", str(max(1, processes)), "-b", "100M"]
+
+
+def _drain(stream: IO[str], tail: deque, quiet: bool) -> None:
+    for line in stream:
+        line = line.rstrip()
+        if line:
+            tail.append(line)
+            if not quiet:
+                log.info("wikiextractor: %s", line)
+
+
 def run_wikiextractor(dump: str, out_dir: str, processes: int = 2, quiet: bool = False) -> None:
     """Run `python -m wikiextractor.WikiExtractor dump -o out_dir` and check that it worked.
 
     Its progress lines are forwarded to this module's logger unless `quiet`.
     Raises BertperfError (with wikiextractor's last message) when it fails.
     """
-    cmd = [sys.executable, "-m", "wikiextractor.WikiExtractor", dump, "-o", out_dir,
-           "--processes", str(max(1, processes)), "-b", "100M"]
     log.info("extracting %s with wikiextractor (%d processes)", dump, processes)
     tail: deque[str] = deque(maxlen=5)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            errors="replace")
+    proc = subprocess.Popen(_wikiextractor_cmd(dump, out_dir, processes), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
     assert proc.stderr is not None
-    for line in proc.stderr:
-        line = line.rstrip()
-        if line:
-            tail.append(line)
-            if not quiet:
-                log.info("wikiextractor: %s", line)
+    _drain(proc.stderr, tail, quiet)
     rc = proc.wait()
     if rc != 0:
         last = tail[-1] if tail else f"exit code {rc}"
         raise BertperfError(f"{dump}: wikiextractor failed ({last}); is it a complete, uncorrupted dump?")
 
 
-def read_documents(paths: Iterable[str], processes: int = 2, quiet: bool = False) -> Iterator[Document]:
-    """All documents of all inputs, in order. Each path is an XML dump, a WikiExtractor output
-    file or directory, or a plain-text file (see the module docstring)."""
+def stream_wikiextractor(dump: str, processes: int = 2, quiet: bool = False,
+                         stats: ReadStats | None = None) -> Iterator[RawDocument]:
+    """Raw documents of an XML dump as wikiextractor produces them (`-o -`: its output is read from
+    a pipe while it runs, so nothing is stored on disk and memory stays bounded; wikiextractor's
+    own --processes extract pages in parallel and it writes them in dump order).
+
+    Raises BertperfError, after the documents extracted before the failure, when wikiextractor fails.
+    Closing the generator early terminates the subprocess.
+    """
+    stats = stats if stats is not None else ReadStats()
+    log.info("extracting %s with wikiextractor (%d processes), streaming", dump, processes)
+    tail: deque[str] = deque(maxlen=5)
+    proc = subprocess.Popen(_wikiextractor_cmd(dump, "-", processes), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=False)
+    assert proc.stdout is not None and proc.stderr is not None
+    err = io.TextIOWrapper(proc.stderr, encoding="utf-8", errors="replace")
+    drain = threading.Thread(target=_drain, args=(err, tail, quiet), daemon=True)
+    drain.start()
+    finished = False
+    try:
+        yield from parse_wikiextractor_raw(decode_lines(proc.stdout, stats), where=dump, stats=stats)
+        finished = True
+    finally:
+        if not finished and proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        rc = proc.wait()
+        drain.join(timeout=10)
+    if rc != 0:
+        last = tail[-1] if tail else f"exit code {rc}"
+        raise BertperfError(f"{dump}: wikiextractor failed ({last}); is it a complete, uncorrupted dump?")
+
+
+def read_raw_documents(paths: Iterable[str], processes: int = 2, quiet: bool = False,
+                       stats: ReadStats | None = None) -> Iterator[RawDocument]:
+    """Raw documents of all inputs, in order (see the module docstring for the input kinds).
+    Bad lines and pages are skipped and counted in `stats`."""
+    stats = stats if stats is not None else ReadStats()
     for path in paths:
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -269,13 +425,19 @@ def read_documents(paths: Iterable[str], processes: int = 2, quiet: bool = False
             if not files:
                 raise BertperfError(f"{path}: empty directory; expected WikiExtractor output (AA/wiki_00, ...)")
             for f in files:
-                yield from _read_file(f, detect_kind(f))
+                yield from _read_file(f, detect_kind(f), stats)
             continue
         kind = detect_kind(path)
-        if kind != XML:
-            yield from _read_file(path, kind)
-            continue
-        with tempfile.TemporaryDirectory(prefix="bertperf-wikiextractor-") as tmp:
-            run_wikiextractor(path, tmp, processes=processes, quiet=quiet)
-            for f in _wikiextractor_files(tmp):
-                yield from _read_file(f, WIKIEXTRACTOR)
+        if kind == XML:
+            yield from stream_wikiextractor(path, processes=processes, quiet=quiet, stats=stats)
+        else:
+            yield from _read_file(path, kind, stats)
+
+
+def read_documents(paths: Iterable[str], processes: int = 2, quiet: bool = False, language: str = AUTO,
+                   stats: ReadStats | None = None) -> Iterator[Document]:
+    """All documents (sentence lists) of all inputs, in order; documents without a sentence are skipped."""
+    for raw in read_raw_documents(paths, processes=processes, quiet=quiet, stats=stats):
+        doc = split_document(raw, language)
+        if doc:
+            yield doc

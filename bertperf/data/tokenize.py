@@ -5,10 +5,21 @@ strip accents when `lower_case`), BertPreTokenizer (whitespace and punctuation),
 `[UNK]` and 100 characters per word at most. No special tokens are added and, as in Google's
 `tokenization.py`, a literal "[SEP]" in the text is split like any other text.
 On ordinary text the tokens equal `transformers.BertTokenizer(vocab, do_lower_case=...)`.
+
+`encode_many` is the bulk path of `bertperf prepare`: text is cut at whitespace (BERT's
+normalizer and pre-tokenizer work within whitespace-separated chunks); ASCII chunks are
+pre-tokenized in Python exactly as BertNormalizer + BertPreTokenizer do on ASCII (lower-case,
+every ASCII punctuation character its own word), and words and non-ASCII chunks are looked up in a
+cache of ids (misses: `_wordpiece`, the same greedy longest-match-first rule in Python, for ASCII
+words; the Rust pipeline for non-ASCII chunks). Text with control characters goes through the
+Rust pipeline whole. The ids are the same either way (tested); the cache holds at most
+`CACHE_WORDS` words (cleared when full).
 """
 from __future__ import annotations
 
 import os
+import re
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +27,16 @@ import numpy as np
 from bertperf.utils.errors import BertperfError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CACHE_WORDS = 200_000
+CACHE_CHUNK_CHARS = 24  # non-ASCII chunks longer than this are not kept in the cache
+# ASCII text that BertNormalizer would change other than by lower-casing: control characters
+# (removed, and \x0b \x0c \x1c-\x1f are not whitespace for BERT).
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Any text with one of these (Cc other than \t \n \r) takes the Rust path: BERT removes them, and
+# some (\x0b \x0c \x1c-\x1f \x85) are whitespace for Python's str.split() but not for BERT.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_WORDS_LOWER = re.compile(r"[a-z0-9]+|[^a-z0-9 \t\n\r]")
+_WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9 \t\n\r]")
 
 
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
@@ -69,6 +90,7 @@ class WordPieceTokenizer:
                                                     strip_accents=None, lowercase=lower_case)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         self._tok = tok
+        self._cache: dict[str, list[int]] = {}  # word -> ids, for encode_many
 
     @property
     def backend(self):
@@ -79,6 +101,91 @@ class WordPieceTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (no special tokens); runs in parallel inside `tokenizers`."""
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _wordpiece(self, word: str) -> list[int]:
+        """WordPiece ids of one pre-tokenized word: greedy longest match first, "##" for pieces
+        after the first, [UNK] for a word longer than 100 characters or with an unmatched piece
+        (the rule of `tokenizers.models.WordPiece` and Google's WordpieceTokenizer)."""
+        vocab = self.vocab
+        if len(word) > 100:
+            return [self.unk_id]
+        whole = vocab.get(word)
+        if whole is not None:
+            return [whole]
+        out: list[int] = []
+        start, n = 0, len(word)
+        while start < n:
+            end = n
+            piece = None
+            while start < end:
+                piece = vocab.get(word[start:end] if start == 0 else "##" + word[start:end])
+                if piece is not None:
+                    break
+                end -= 1
+            if piece is None:
+                return [self.unk_id]
+            out.append(piece)
+            start = end
+        return out
+
+    def _rust_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encode = getattr(self._tok, "encode_batch_fast", None) or self._tok.encode_batch
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)] if texts else []
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, as `encode_batch`, faster on ASCII text (see the module docstring)."""
+        cache = self._cache
+        if len(cache) > CACHE_WORDS:
+            cache.clear()
+        findall = (_WORDS_LOWER if self.lower_case else _WORDS_CASED).findall
+        control = _ASCII_CONTROL.search
+        any_control = _CONTROL.search
+        lower = self.lower_case
+        words: list[list[str] | None] = []
+        others: list[int] = []
+        missing: set[str] = set()
+        seen = missing.update
+        for i, text in enumerate(texts):
+            if text.isascii():
+                if control(text) is None:
+                    w = findall(text.lower() if lower else text)
+                    seen(w)
+                    words.append(w)
+                    continue
+            elif any_control(text) is None:
+                # Whitespace-separated chunks are tokenized independently by BERT's normalizer and
+                # pre-tokenizer; without control characters Python's split() cuts where BERT does.
+                w = []
+                for chunk in text.split():
+                    if chunk.isascii():
+                        w.extend(findall(chunk.lower() if lower else chunk))
+                    else:
+                        w.append(chunk)
+                seen(w)
+                words.append(w)
+                continue
+            words.append(None)
+            others.append(i)
+        wordpiece = self._wordpiece
+        chunks = []
+        for x in missing:
+            if x not in cache:
+                if x.isascii():
+                    cache[x] = wordpiece(x)
+                else:
+                    chunks.append(x)
+        cache.update(zip(chunks, self._rust_batch(chunks)))
+        out: list[list[int]] = [[] for _ in texts]
+        get = cache.__getitem__
+        for i, w in enumerate(words):
+            if w is not None:
+                out[i] = list(chain.from_iterable(map(get, w)))
+        for x in chunks:  # long chunks (a Chinese sentence has no spaces) are rarely seen twice
+            if len(x) > CACHE_CHUNK_CHARS:
+                del cache[x]
+        for i, ids in zip(others, self._rust_batch([texts[i] for i in others])):
+            out[i] = ids
+        return out
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -92,7 +92,6 @@ def test_detect_kind_and_compressed_text(tmp_path: Path, enwiki_bz2):
     ("page.xml", b"just some words\n", "not a MediaWiki XML dump"),
     ("other.xml", b'<?xml version="1.0"?>\n<html><body/></html>\n', "not a MediaWiki XML dump"),
     ("dump.xml.bz2", b"BZh9 this is not bzip2 data" * 20, "unreadable"),
-    ("corpus.txt", b"\xff\xfe\xfa bad utf-8 \xc3\x28\n", "unreadable"),
     ("blob.txt", b"abc\x00\x01\x02" * 50, "binary"),
 ])
 def test_bad_inputs(tmp_path: Path, name, content, words):
@@ -103,3 +102,27 @@ def test_bad_inputs(tmp_path: Path, name, content, words):
     assert str(path) in str(e.value)
     with pytest.raises(BertperfError, match="not found"):
         detect_kind(str(tmp_path / "missing.xml.bz2"))
+
+
+def test_non_utf8_lines_are_skipped_and_counted(tmp_path: Path):
+    from bertperf.data.extract import ReadStats
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"Good one.\n\xff\xfe\xfa bad utf-8 \xc3\x28\nGood two.\n\n\xc3\x28\n\nLast doc.\n")
+    stats = ReadStats()
+    assert list(read_documents([path], stats=stats)) == [["Good one.", "Good two."], ["Last doc."]]
+    assert stats == ReadStats(non_utf8_lines=2)
+
+
+def test_malformed_and_empty_doc_blocks_are_counted():
+    from bertperf.data.extract import ReadStats, parse_wikiextractor_raw, split_document
+
+    lines = ['<doc id="1" url="u" title="A">', "A", "", "Cut short. No end.",  # no </doc>: cut by the next
+             '<doc id="2" url="u" title="B">', "B", "", "Kept. Fine.", "</doc>",
+             "stray text", "</doc>",  # an end without a start
+             '<doc id="3" url="u" title="C">', "C", "", "</doc>",  # empty
+             '<doc id="4" url="u" title="D">', "D", "", "Unfinished."]  # end of input
+    stats = ReadStats()
+    docs = [split_document(d) for d in parse_wikiextractor_raw(lines, stats=stats)]
+    assert docs == [["Kept.", "Fine."]]
+    assert stats == ReadStats(malformed_pages=3, empty_documents=1)

@@ -161,3 +161,89 @@ def test_seeded_and_shuffled():
     first = [int(x[1]) for x in a["input_ids"] if x[1] != MASK]
     n = len(first)
     assert abs(np.sum(np.diff(first) > 0) - (n - 1) / 2) <= 4.5 * math.sqrt((n + 1) / 12)
+
+
+# --- The fast path of `bertperf prepare`: closed-form truncation, vectorized masking. ---
+
+def test_truncate_fast_matches_lengths_and_front_back_split():
+    from bertperf.data.instances import truncate_seq_pair_fast
+
+    r = random.Random(5)
+    for _ in range(3000):  # the same final lengths as Google's loop, contiguous slices
+        la, lb, m = r.randint(1, 60), r.randint(1, 60), r.randint(2, 100)
+        a, b = list(range(la)), list(range(100, 100 + lb))
+        a2, b2 = a[:], b[:]
+        truncate_seq_pair(a, b, m, random.Random(1))
+        truncate_seq_pair_fast(a2, b2, m, r)
+        assert (len(a2), len(b2)) == (len(a), len(b))
+        assert a2 == list(range(a2[0], a2[0] + len(a2))) and b2 == list(range(b2[0], b2[0] + len(b2)))
+    fronts = []
+    for _ in range(400):  # 70 removals from A, each at the front with probability 1/2
+        a, b = list(range(100)), list(range(1000, 1030))
+        truncate_seq_pair_fast(a, b, 60, r)
+        fronts.append(a[0])
+    assert abs(np.mean(fronts) - 35) < 4.5 * math.sqrt(70) / 2 / math.sqrt(len(fronts))
+    assert np.var(fronts) == pytest.approx(70 / 4, rel=0.35)  # binomial variance, not a fixed split
+
+
+@pytest.mark.parametrize("seq,pred,short", [(5, 1, 0.1), (16, 3, 0.1), (64, 10, 0.0), (128, 20, 0.1), (512, 80, 0.5)])
+def test_instance_arrays_layout_spans_and_labels(seq: int, pred: int, short: float):
+    from bertperf.data.instances import create_instance_arrays
+
+    docs, owner = synthetic_corpus(12, (1, 30), (50, 900), seed=seq)
+    cfg = InstanceConfig(max_seq_length=seq, max_predictions_per_seq=pred, short_seq_prob=short)
+    a = create_instance_arrays(docs, cfg, SPECIAL, dupe_factor=2, seed=seq)
+    n = len(a["next_sentence_labels"])
+    assert n > 20 and a["input_ids"].shape == (n, seq) and a["masked_lm_positions"].shape == (n, pred)
+    ids = a["input_ids"].copy()
+    for k in range(n):
+        m = int((a["masked_lm_positions"][k] > 0).sum())
+        pos = a["masked_lm_positions"][k, :m]
+        assert (a["masked_lm_positions"][k, m:] == 0).all() and (np.diff(pos) > 0).all()
+        ids[k, pos] = a["masked_lm_ids"][k, :m]
+        length = int(a["input_mask"][k].sum())
+        assert (a["input_mask"][k, :length] == 1).all() and (a["input_ids"][k, length:] == 0).all()
+        tok = ids[k, :length]
+        na = length - int(a["segment_ids"][k].sum())
+        assert tok[0] == CLS and tok[na - 1] == SEP and tok[-1] == SEP
+        assert np.count_nonzero(tok == SEP) == 2 and np.count_nonzero(tok == CLS) == 1
+        seg_a, seg_b = tok[1:na - 1], tok[na:-1]
+        assert len(seg_a) >= 1 and len(seg_b) >= 1
+        assert np.all(np.diff(seg_a) == 1) and np.all(np.diff(seg_b) == 1)
+        if a["next_sentence_labels"][k]:
+            assert owner[seg_a[0]] != owner[seg_b[0]]
+        else:
+            assert owner[seg_a[0]] == owner[seg_b[0]] and seg_b[0] > seg_a[-1]
+        assert m == min(expected_predictions(length, cfg), length - 3)
+        assert not np.isin(pos, (0, na - 1, length - 1)).any()
+        assert not (a["input_ids"][k, :length] != tok)[np.setdiff1d(np.arange(length), pos)].any()
+    again = create_instance_arrays(docs, cfg, SPECIAL, dupe_factor=2, seed=seq)
+    assert all(np.array_equal(a[key], again[key]) for key in a)  # seeded
+
+
+def test_mask_arrays_distribution():
+    """Uniform choice among candidates and 80/10/10 replacement, as Google's per-instance masking."""
+    from bertperf.data.instances import mask_arrays
+
+    n, s = 4000, 40
+    cfg = InstanceConfig(max_seq_length=s, max_predictions_per_seq=6, masked_lm_prob=0.15)
+    lengths = np.full(n, 40)
+    num_a = np.full(n, 15)
+    ids = np.tile(np.arange(BASE, BASE + s, dtype=np.int32), (n, 1))
+    ids[:, 0], ids[:, 14], ids[:, 39] = CLS, SEP, SEP
+    original = ids.copy()
+    pos, lab = mask_arrays(ids, lengths, num_a, cfg, SPECIAL, np.random.default_rng(0))
+    assert ((pos > 0).sum(1) == 6).all()  # round(40 * 0.15) = 6
+    rows = np.repeat(np.arange(n), 6)
+    flat = pos.ravel()
+    assert np.array_equal(lab.ravel(), original[rows, flat])
+    counts = np.bincount(flat, minlength=s)
+    assert counts[[0, 14, 39]].sum() == 0
+    expected = n * 6 / 37  # 37 candidates, each equally likely
+    assert (np.abs(counts[np.setdiff1d(np.arange(s), [0, 14, 39])] - expected) < 4.5 * math.sqrt(expected)).all()
+    shown = ids[rows, flat]
+    m = len(shown)
+    for observed, p in ((shown == MASK).mean(), 0.8), ((shown == lab.ravel()).mean(), 0.1):
+        assert abs(observed - p) <= 4.5 * math.sqrt(p * (1 - p) / m)
+    changed = np.argwhere(ids != original)
+    assert set(map(tuple, changed)) <= set(zip(rows.tolist(), flat.tolist()))

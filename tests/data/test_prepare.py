@@ -34,7 +34,8 @@ def originals(a: dict[str, np.ndarray]) -> np.ndarray:
 def test_files_schema_and_summary(shard_set, capsys):
     n = len(shard_set.arrays["next_sentence_labels"])
     assert n > 1000
-    assert [f.name for f in shard_set.files] == [f"shard_{k:05d}.hdf5" for k in range(math.ceil(n / PER_SHARD))]
+    # One block (fewer documents than --block_docs), split into parts of PER_SHARD instances.
+    assert [f.name for f in shard_set.files] == [f"shard_00000_{k:03d}.hdf5" for k in range(math.ceil(n / PER_SHARD))]
     for f in shard_set.files:
         with h5py.File(f, "r") as h:
             got = {k: (str(h[k].dtype), h[k].shape[1:], h[k].compression) for k in h}
@@ -43,8 +44,11 @@ def test_files_schema_and_summary(shard_set, capsys):
                        "masked_lm_ids": ("int32", (PRED,), "gzip"), "next_sentence_labels": ("int8", (), "gzip")}
     summary = json.loads((shard_set.dir / "prepare_summary.json").read_text())
     assert summary["counts"]["instances"] == n and summary["counts"]["shards"] == len(shard_set.files)
-    assert summary["counts"]["documents"] == len(shard_set.docs)
+    assert summary["skipped"] == {"non_utf8_lines": 0, "malformed_pages": 0, "empty_documents": 0,
+                                  "one_sentence_documents": 0}  # this slice has none
+    assert summary["counts"]["documents"] == summary["counts"]["documents_read"] == len(shard_set.docs)
     assert summary["counts"]["tokens"] == sum(map(len, shard_set.docs))
+    assert summary["stream"]["blocks"] == 1 and summary["phases"][0]["instances"] == n
     assert summary["vocab_size"] == V and summary["settings"]["dupe_factor"] == DUPE
 
 
@@ -154,7 +158,7 @@ def test_same_seed_same_bytes_other_seed_differs(shard_set, sample_xml, vocab_fi
     # Rerunning into a directory with more shards removes the stale ones.
     assert main(prepare_args(sample_xml, vocab_file, tmp_path / "same", "--random_seed", str(SEED),
                              "--instances_per_shard", "100000")) == 0
-    assert [f.name for f in sorted((tmp_path / "same").glob("*.hdf5"))] == ["shard_00000.hdf5"]
+    assert [f.name for f in sorted((tmp_path / "same").glob("*.hdf5"))] == ["shard_00000_000.hdf5"]
 
 
 def test_plain_text_input_and_options(sample_documents, vocab_file, tmp_path, capsys):
@@ -171,8 +175,11 @@ def test_plain_text_input_and_options(sample_documents, vocab_file, tmp_path, ca
             "--no_lower_case", "--do_whole_word_mask"]
     assert main(argv) == 0
     summary = capsys.readouterr().out.strip()
-    assert summary.startswith(f"documents 6, sentences {sum(len(d) for d in sample_documents[:6])}, tokens ")
-    assert "instances" in summary and "shards 1" in summary and summary.endswith(" s")
+    used = [d for d in sample_documents[:6] if len(d) >= 2]  # one-sentence documents are skipped
+    assert summary.startswith(f"documents {len(used)}, sentences {sum(len(d) for d in used)}, tokens ")
+    assert "instances" in summary and "shards 1" in summary
+    assert summary.endswith(f"; skipped: 0 non-UTF-8 lines, 0 malformed pages, 0 empty documents, "
+                            f"{6 - len(used)} one-sentence documents")
     ds = PretrainingDataset(find_shards(out), vocab_size=V)
     assert ds.seq_length == 512 and ds.max_predictions == 80 and len(ds) > 10
     is_sub = WordPieceTokenizer(vocab_file).is_subword
@@ -185,7 +192,7 @@ def test_plain_text_input_and_options(sample_documents, vocab_file, tmp_path, ca
         assert len(pos) <= min(80, int(round(int(item["input_mask"].sum()) * 0.15)))
         masked = set(pos.tolist())
         for q in range(1, int(item["input_mask"].sum())):  # whole words: a piece is masked iff its word is
-            if is_sub[ids[q]]:
+            if is_sub[ids[q]] and ids[q - 1] not in (CLS, SEP):  # a segment may start mid-word (truncation)
                 assert (q in masked) == (q - 1 in masked)
                 pieces += q in masked
     assert pieces > 0
@@ -198,7 +205,8 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--input", "--vocab", "--output_dir", "--max_seq_length", "--max_predictions_per_seq",
                  "--masked_lm_prob", "--dupe_factor", "--short_seq_prob", "--random_seed", "--do_lower_case",
-                 "--no_lower_case", "--do_whole_word_mask", "--instances_per_shard", "--processes", "--quiet"):
+                 "--no_lower_case", "--do_whole_word_mask", "--instances_per_shard", "--processes", "--quiet",
+                 "--workers", "--block_docs", "--phases", "--language"):
         assert flag in text
     assert "(default 128)" in text and "(default 20)" in text and "(default 12345)" in text
 

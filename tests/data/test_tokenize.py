@@ -64,3 +64,20 @@ def test_bad_vocab(tmp_path: Path):
     v.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(BertperfError, match="v.txt.*UTF-8"):
         load_vocab(v)
+
+
+@pytest.mark.parametrize("lower_case", [True, False])
+def test_encode_many_equals_the_rust_pipeline(vocab_file: Path, reference_sentences, lower_case: bool):
+    """The bulk path (Python pre-tokenizer and word cache on ASCII text) gives the Rust pipeline's ids."""
+    ascii_edges = ["snake_case and kebab-case, x=y+z; {a:[b]} ~`|\\^", "ab\x0bcd ef\x0cgh \x1c\x1d\x1e\x1f end\x7f.",
+                   "tabs\tand\r\nnewlines   spaces", "UPPER lower MiXeD 123abc 4.5e-3", "[CLS] [SEP] [MASK]",
+                   "x" * 101 + " " + "y" * 100, "@#$%&*()!?", "",
+                   "line\u2028sep para\u2029sep ideo\u3000space nb\u00a0sp thin\u2009sp", "e\u0301t\u00e9 \ufeffBOM",
+                   "Ｆｕｌｌ ｗｉｄｔｈ ＡＢＣ", "zero\u200bwidth soft\u00adhyphen", "next\u0085line c1\u0080ctl",
+                   "Ελληνικά ΣΟΦΊΑ and Русский Текст", "1990–1995 (born 12 May) “quoted” — dash…"]
+    texts = reference_sentences + ascii_edges
+    tok = WordPieceTokenizer(vocab_file, lower_case=lower_case)
+    expected = [e.ids for e in tok.backend.encode_batch(texts, add_special_tokens=False)]
+    assert tok.encode_many(texts) == expected
+    assert tok.encode_many(texts[::-1]) == expected[::-1]  # with a warm cache
+    assert sum(t.isascii() for t in texts) > 0.8 * len(texts)  # the fast path is exercised
