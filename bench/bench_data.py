@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         inputs = make_inputs(work, args.times)
         mb = {k: v.stat().st_size / 1e6 for k, v in inputs.items()}
+        mb_1x = mb[1]
 
         def record(name: str, size: int, workers: int, wall: float, cpu: float, rss: float, seconds: float,
                    n: int, run_cpu: float) -> None:
@@ -212,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in ratios.items():
         print(f"  {k:<44} {v}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-                       "cpu_count": os.cpu_count(), "rows": rows, "ratios": ratios,
-                       "caveat": "timings from a shared machine unless rerun alone"}, f, indent=2)
+        from bertperf.report.machine import write_bench_json
+
+        notes = [f"dupe_factor {args.dupe_factor}, S={seq}, P={pred}, block_docs {args.block_docs}; input 1x = the "
+                 f"Wikipedia sample's text ({mb_1x:.2f} MB), {big}x = {big} copies"]
+        notes += [f"{k}: {v}" for k, v in ratios.items()]
+        write_bench_json(args.json, "data", "bertperf prepare vs Google's algorithm with a pure-Python tokenizer",
+                         rows, notes)
     return 0
 
 
