@@ -5,9 +5,10 @@
     python bertperf/pretrain.py ...        # the same, as one process without a launcher
 
 On CPU `--num_gpus N` means N ranks (gloo). Every flag is listed by `--help`. NVIDIA's two-phase
-recipe: phase 1 with configs/ds-phase1.json on S=128 shards, then phase 2 with
-configs/ds-phase2.json on S=512 shards and `--init_from <phase-1 output_dir>/hf` (fresh optimizer
-and schedule, as NVIDIA's phase 2 does).
+recipe (LAMB, ZeRO-1, bf16; configs/ds-phase{1,2}.json for BERT-large, ds-phase{1,2}-base.json
+for BERT-base): phase 1 on S=128 shards, then phase 2 on S=512 shards with
+`--init_from <phase-1 output_dir>` (its latest checkpoint, consolidated to fp32; or its hf/): fresh
+optimizer and schedule, as NVIDIA's phase 2 does.
 
 The DeepSpeed JSON (`--deepspeed_config`) goes to `deepspeed.initialize` as it is (ZeRO stage, bf16,
 gradient clipping, ...), except what bertperf takes over (details in `bertperf.train.ds_config`):
@@ -24,13 +25,23 @@ Data: every rank loads the shards of --data_dir (validated before the first step
 own, disjoint samples of a seeded per-epoch shuffle (`bertperf.train.sampler`); the position is
 saved in each checkpoint, so `--resume` continues with the next unseen samples.
 
+Resume and faults: checkpoints are written atomically and hold the data position, the optimizer,
+LR schedule and every rank's RNG states (torch, python, numpy), so a run killed at any moment and
+restarted with `--resume` repeats the uninterrupted run's losses exactly (`bertperf.train.checkpoint`;
+a fresh start refuses a directory holding an earlier run's checkpoints). A step with a NaN/Inf
+loss is skipped (no weight update; counted in metrics.csv `skipped` and summary.json);
+--max_bad_steps in a row stop the run. A rank that dies stops the job with a line naming it
+(`bertperf.train.faults`); collectives time out after --dist_timeout seconds.
+
 Outputs in --output_dir:
     metrics.csv          one row per logged step: loss, MLM/NSP loss and accuracy, lr, global
                          sequences/s and achieved TFLOP/s (`bertperf.report.flops`: 6 FLOPs per
                          weight per token for the encoder, 12*L*s*h per token for attention, the
                          MLM head only at masked positions; stated in that module)
     tensorboard/         the same as TensorBoard scalars (train/*)
-    checkpoints/         DeepSpeed checkpoints global_step<N>/ and `latest` (resume from here)
+    checkpoints/         DeepSpeed checkpoints global_step<N>/ (the last --keep_last) and `latest`;
+                         `python -m bertperf.train.checkpoint OUTPUT_DIR OUT` consolidates one
+                         to a single fp32 Hugging Face directory
     hf/                  the final model in Hugging Face layout (save_pretrained, fp32; plus
                          vocab.txt when --vocab is given)
     summary.json         final step, loss, throughput and the paths above
@@ -50,33 +61,37 @@ if __name__ == "__main__":
         sys.path.pop(0)
 
 import argparse
+import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from bertperf.utils.errors import BertperfError, run_cli
 
 log = logging.getLogger("bertperf.pretrain")
 
 EXIT_USER_ERROR = 2
+EXIT_RANK_FAILURE = 1
 PROG = "pretrain.py"
 
 
 EPILOG = """\
 outputs in OUTPUT_DIR:
   metrics.csv    one row per logged step: step, epoch, samples, loss, mlm_loss, nsp_loss,
-                 mlm_acc, nsp_acc, lr, seq_per_s (global), tflops (achieved), elapsed_s
+                 mlm_acc, nsp_acc, lr, seq_per_s (global), tflops (achieved), elapsed_s,
+                 skipped (steps skipped so far for a NaN/Inf loss)
   tensorboard/   the same as TensorBoard scalars
-  checkpoints/   DeepSpeed checkpoints global_step<N>/ and 'latest' (what --resume reads)
+  checkpoints/   DeepSpeed checkpoints global_step<N>/ (the last --keep_last) and 'latest' (what
+                 --resume reads); export one: python -m bertperf.train.checkpoint OUTPUT_DIR OUT
   hf/            the final model in Hugging Face layout (fp32), with vocab.txt if --vocab
   summary.json   final step, losses, throughput and these paths
 
 The DeepSpeed JSON goes to deepspeed.initialize as it is, except its "optimizer" (built by
 bertperf: AdamW, Adam or Lamb) and a bertperf "scheduler" (WarmupPolyDecay, WarmupLinearDecay,
-WarmupConstant); see the docstring of bertperf/pretrain.py. Input errors exit with code 2.
+WarmupConstant); see the docstring of bertperf/pretrain.py. Input errors exit with code 2, as
+does --max_bad_steps; a lost rank exits with code 1 and a line naming it.
 """
 
 
@@ -104,18 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "lr schedule, step, data position, RNG)")
     p.add_argument("--init_from", metavar="DIR", default=None,
                    help="start from the weights of a Hugging Face BERT directory (e.g. phase 1's OUTPUT_DIR/hf, "
-                        "or an encoder-only checkpoint: missing heads are initialized) with a fresh optimizer and "
-                        "lr schedule; its shape must match --model_config. Not used when --resume finds a checkpoint")
+                        "or an encoder-only checkpoint: missing heads are initialized) or of a bertperf checkpoint "
+                        "(phase 1's OUTPUT_DIR, its checkpoints/ or one global_step<N>/ dir), with a fresh optimizer "
+                        "and lr schedule; its shape must match --model_config. Not used with --resume")
     p.add_argument("--log_every", type=int, default=10, metavar="N",
                    help="log loss, accuracies, seq/s and TFLOP/s every N steps and at the last step (default %(default)s)")
     p.add_argument("--save_every", type=int, default=0, metavar="N",
                    help="also save a checkpoint every N steps (0: only at the end)")
+    p.add_argument("--keep_last", type=int, default=3, metavar="K",
+                   help="keep only the newest K checkpoints in OUTPUT_DIR/checkpoints (0: keep all; default %(default)s)")
+    p.add_argument("--max_bad_steps", type=int, default=5, metavar="K",
+                   help="a step whose loss is NaN or Inf is skipped (no weight update, counted in metrics); K such "
+                        "steps in a row stop the run (default %(default)s)")
+    p.add_argument("--checkpoint_activations", action="store_true",
+                   help="recompute each encoder layer's activations in the backward pass instead of storing them "
+                        "(less memory, about one extra forward; same losses)")
+    p.add_argument("--dist_timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="timeout of every collective: a rank waiting longer for its peers fails (default %(default)s)")
     p.add_argument("--seed", type=int, default=12345,
                    help="seed of the weight init, dropout and data order; a resumed run keeps its checkpoint's data "
                         "order (default %(default)s)")
     p.add_argument("--vocab", metavar="FILE", default=None,
                    help="vocab.txt the shards were built with: shards holding ids >= its size are refused, "
                         "a preset model takes its size as vocab_size, and it is copied into the HF export")
+    p.add_argument("--pipeline_stages", type=int, default=1, metavar="N",
+                   help="split the model into N pipeline stages (deepspeed.pipe); the ranks are N stages x "
+                        "world_size/N data-parallel replicas (default %(default)s: no pipeline)")
     p.add_argument("--local_rank", type=int, default=None,
                    help="set by the deepspeed launcher; ignored (the LOCAL_RANK environment variable is used)")
     return p
@@ -168,16 +197,19 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name, low in (("max_steps", 1), ("log_every", 1), ("save_every", 0)):
+    for name, low in (("max_steps", 1), ("log_every", 1), ("save_every", 0), ("pipeline_stages", 1),
+                      ("keep_last", 0), ("max_bad_steps", 1)):
         if getattr(args, name) < low:
             raise BertperfError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if not args.dist_timeout > 0:
+        raise BertperfError(f"--dist_timeout must be > 0 seconds, got {args.dist_timeout}")
 
 
 def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
     """Validate every input: DeepSpeed JSON, model config, vocab, shards, resume checkpoint."""
     from bertperf.data.loader import PretrainingDataset
     from bertperf.data.shards import find_shards
-    from bertperf.train.checkpoint import latest_tag, read_trainer_state
+    from bertperf.train.checkpoint import checkpoint_tags, find_resume_tag, latest_tag, read_trainer_state
     from bertperf.train.ds_config import load_train_setup
 
     check_args(args)
@@ -193,9 +225,9 @@ def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
                             f"{setup.micro_batch} x {placement.world_size} ranks; create more data")
 
     ckpt_dir = os.path.join(args.output_dir, "checkpoints")
-    tag = latest_tag(ckpt_dir)
     state = None
     if args.resume:
+        tag = find_resume_tag(ckpt_dir)
         if tag is None:
             raise BertperfError(f"{ckpt_dir}: --resume given but there is no checkpoint here (no 'latest' file); "
                                 "run without --resume to start")
@@ -206,25 +238,56 @@ def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
             raise BertperfError(f"{os.path.join(ckpt_dir, tag)}: the checkpoint's model has "
                                 f"{', '.join(f'{f}={saved.get(f)}' for f in diff)}, unlike --model_config "
                                 f"{args.model_config}; resume with the same model")
-    elif tag is not None and placement.is_main:
-        log.warning("%s holds checkpoints (latest %s); starting from scratch, they will be overwritten "
-                    "(use --resume to continue)", ckpt_dir, tag)
+    else:
+        tag = None
+        existing = latest_tag(ckpt_dir) or (checkpoint_tags(ckpt_dir) or [None])[-1]
+        if existing is not None:
+            # a fresh run would mix its checkpoints with these (and --keep_last would prune by step)
+            raise BertperfError(f"{ckpt_dir} holds checkpoints of an earlier run (latest {existing}): continue it "
+                                "with --resume, or remove that directory (or choose another --output_dir) to start over")
     init_from = None
     if args.init_from and not args.resume:
-        from bertperf.model.config import BertConfig
-
-        if not os.path.isdir(args.init_from):
-            raise BertperfError(f"{args.init_from}: --init_from needs a Hugging Face model directory (config.json "
-                                "and model.safetensors), e.g. the hf/ of an earlier run")
-        init_cfg = BertConfig.resolve(args.init_from)
-        diff = [f for f in SHAPE_FIELDS if getattr(init_cfg, f) != getattr(config, f)]
-        if diff:
-            raise BertperfError(f"{args.init_from}: the model's {', '.join(f'{f}={getattr(init_cfg, f)}' for f in diff)} "
-                                f"differ from --model_config {args.model_config}; use a matching model config")
-        init_from = args.init_from
+        init_from = resolve_init_from(args.init_from, config, args.model_config)
     elif args.init_from and placement.is_main:
         log.info("--resume: the checkpoint's weights are used, not --init_from %s", args.init_from)
     return Run(args, placement, setup, config, dataset, ckpt_dir, tag if args.resume else None, state, init_from)
+
+
+def resolve_init_from(path: str, config: Any, model_spec: str) -> str:
+    """The directory `--init_from` names, checked against the model config: a Hugging Face model
+    directory (config.json) is returned as it is; a bertperf checkpoint (a run's OUTPUT_DIR, its
+    checkpoints/ or one global_step<N>/) resolves to the tag directory to load."""
+    from bertperf.model.config import BertConfig
+    from bertperf.train.checkpoint import read_trainer_state, resolve_checkpoint
+
+    if not os.path.isdir(path):
+        raise BertperfError(f"{path}: --init_from needs a directory: a Hugging Face model (config.json and "
+                            "model.safetensors, e.g. the hf/ of an earlier run) or a bertperf checkpoint")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        init_cfg, resolved = BertConfig.resolve(path), path
+    else:
+        ckpt_dir, tag = resolve_checkpoint(path)
+        init_cfg = BertConfig.from_dict(read_trainer_state(ckpt_dir, tag)["model_config"])
+        resolved = os.path.join(ckpt_dir, tag)
+    diff = [f for f in SHAPE_FIELDS if getattr(init_cfg, f) != getattr(config, f)]
+    if diff:
+        raise BertperfError(f"{resolved}: the model's {', '.join(f'{f}={getattr(init_cfg, f)}' for f in diff)} "
+                            f"differ from --model_config {model_spec}; use a matching model config")
+    return resolved
+
+
+def load_init_weights(init_from: str) -> dict[str, Any]:
+    """The fp32 `BertForPreTraining` state dict of a directory `resolve_init_from` returned (an HF
+    directory, or a checkpoint tag directory consolidated on this process); for the pipeline too."""
+    from bertperf.model import BertForPreTraining
+    from bertperf.train.checkpoint import consolidate_fp32, load_weights
+
+    if os.path.isfile(os.path.join(init_from, "config.json")):
+        return BertForPreTraining.from_pretrained(init_from).state_dict()
+    config, weights = consolidate_fp32(os.path.dirname(init_from), os.path.basename(init_from))
+    model = BertForPreTraining(config)
+    load_weights(model, weights)
+    return model.state_dict()
 
 
 def configure_logging(placement: Any) -> None:
@@ -240,14 +303,35 @@ def configure_logging(placement: Any) -> None:
     logging.getLogger("bertperf").setLevel(logging.INFO if placement.is_main else logging.WARNING)
 
 
+@contextlib.contextmanager
+def collective_failures(peers: Any, reporting: list[bool]) -> Iterator[None]:
+    """Turn the error of a collective whose peer died (or timed out) into a `RankFailure` naming
+    the lost rank(s); other errors pass unchanged. `reporting[0]` is set meanwhile, so the SIGTERM
+    report of `bertperf.train.faults` does not print a second message."""
+    from bertperf.train import faults
+
+    try:
+        yield
+    except RuntimeError as e:
+        if len(peers.pids) == 1 or not faults.is_collective_failure(e):
+            raise
+        reporting[0] = True
+        raise faults.RankFailure(faults.failure_message(peers, faults.short_cause(e))) from None
+
+
 def train(run: Run) -> int:
     """Build model, optimizer and engine; train to --max_steps; checkpoint, export, summarize."""
+    if run.args.pipeline_stages > 1:
+        from bertperf.train.pipeline import train_pipeline
+
+        return train_pipeline(run)
     import torch
 
     from bertperf.model import BertForPreTraining
     from bertperf.report.flops import pretrain_flops_per_sequence
     from bertperf.train import checkpoint as ckpt
     from bertperf.train import engine as eng
+    from bertperf.train import faults
     from bertperf.train.metrics import MetricsSinks, MetricsWindow, window_row
     from bertperf.train.optimizers import build_optimizer
     from bertperf.train.sampler import DistributedShuffleSampler, SamplerState
@@ -255,22 +339,33 @@ def train(run: Run) -> int:
     args, placement, setup, config = run.args, run.placement, run.setup, run.config
     threads = eng.set_threads(placement)
     eng.quiet_deepspeed()
-    eng.init_distributed()
+    eng.init_distributed(args.dist_timeout)
+    peers = faults.PeerTable.gather(placement.rank, placement.world_size)
+    reporting = [False]  # set while this rank reports a failure it caught (the SIGTERM report stays quiet)
+    if placement.world_size > 1:
+        faults.install_sigterm_report(peers, PROG, busy=lambda: reporting[0])
+    bad_loss = faults.injected_bad_losses(placement.rank)
 
     torch.manual_seed(args.seed)
     model = BertForPreTraining(config)
     if run.init_from:
-        model.load_state_dict(BertForPreTraining.from_pretrained(run.init_from).state_dict())
+        model.load_state_dict(load_init_weights(run.init_from))
         log.info("starting from the weights in %s", run.init_from)
+    if args.checkpoint_activations:
+        from bertperf.train.activation_checkpoint import checkpoint_encoder_layers
+
+        log.info("activation checkpointing: %d encoder layers recompute their activations in the backward pass",
+                 checkpoint_encoder_layers(model))
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     optimizer = build_optimizer(model, setup.optimizer, setup.path)
-    scheduler = setup.schedule.lr_scheduler(optimizer) if setup.schedule else None
+    gate = faults.StepGate(optimizer)
+    scheduler = gate.scheduler(setup.schedule.lr_scheduler(optimizer)) if setup.schedule else None
     engine = eng.initialize(model, optimizer, scheduler, setup.ds_config)
 
-    seed, sampler_state, samples, step = args.seed, SamplerState(), 0, 0
+    seed, sampler_state, samples, step, skipped = args.seed, SamplerState(), 0, 0, 0
     if run.resume_tag is not None:
         state = ckpt.load_checkpoint(engine, run.ckpt_dir, run.resume_tag, placement.rank)
-        step, samples = int(state["step"]), int(state["samples"])
+        step, samples, skipped = int(state["step"]), int(state["samples"]), int(state.get("skipped_steps", 0))
         sampler_state = SamplerState.from_dict(state["sampler"])
         if int(state["seed"]) != seed:
             log.warning("resuming with the checkpoint's data order (seed %s), not --seed %s", state["seed"], seed)
@@ -299,7 +394,8 @@ def train(run: Run) -> int:
     def trainer_state() -> dict[str, Any]:
         return {"step": step, "samples": samples, "sampler": sampler_state.to_dict(), "seed": seed,
                 "world_size": placement.world_size, "global_batch": setup.global_batch,
-                "model_config": _config_dict(config), "data_dir": os.path.abspath(args.data_dir)}
+                "model_config": _config_dict(config), "data_dir": os.path.abspath(args.data_dir),
+                "zero_stage": setup.zero_stage, "bf16": setup.bf16, "skipped_steps": guard.skipped_total}
 
     log.info("training %s (%.1fM params) on %d ranks x %d threads: ZeRO-%d, %s, micro batch %d x %d accumulation "
              "= %d sequences/step, %d instances of length %d; steps %d -> %d",
@@ -307,6 +403,7 @@ def train(run: Run) -> int:
              setup.zero_stage, "bf16" if setup.bf16 else "fp32", setup.micro_batch, setup.grad_accum,
              setup.global_batch, len(dataset), dataset.seq_length, step, args.max_steps)
 
+    guard = faults.NonFiniteGuard(args.max_bad_steps, placement.world_size, skipped)
     engine.train()
     window = MetricsWindow()
     first_step = step
@@ -315,39 +412,43 @@ def train(run: Run) -> int:
     seqs_after_first = 0
     masked_total = seqs_total = 0.0
     first_row = last_row = None
-    while step < args.max_steps:
-        for _ in range(setup.grad_accum):
-            out = engine(**next(batches))
-            engine.backward(out.loss)
-            engine.step()
-            window.add(out, setup.micro_batch)
-        step += 1
-        samples += setup.global_batch
-        sampler_state = sampler.advance(sampler_state, setup.micro_batch * setup.grad_accum)
-        if step == first_step + 1:
-            t_after_first = time.perf_counter()  # the first step pays for lazy initialization
-        else:
-            seqs_after_first += setup.global_batch
-        if step % args.log_every == 0 or step == args.max_steps:
-            sums = window.reduce()
-            now = time.perf_counter()
-            row = window_row(sums, step=step, epoch=sampler_state.epoch, samples=samples, lr=engine.get_lr()[0],
-                             seconds=now - t_window, flops_per_masked=flops_per_seq, elapsed=now - t_start)
-            t_window = now
-            if not math.isfinite(row.loss):
-                raise BertperfError(f"{setup.path}: the loss became {row.loss} at step {step}; lower the learning "
-                                    "rate or enable gradient_clipping")
-            sinks.write(row)
-            first_row, last_row = first_row or row, row
-            masked_total += sums["mlm_count"]
-            seqs_total += sums["sequences"]
-        if args.save_every and step % args.save_every == 0 and step != args.max_steps:
-            tag = ckpt.save_checkpoint(engine, run.ckpt_dir, step, trainer_state(), placement.rank)
-            log.info("saved checkpoint %s", os.path.join(run.ckpt_dir, tag))
-    t_end = time.perf_counter()
-    sinks.close()
-
-    tag = ckpt.save_checkpoint(engine, run.ckpt_dir, step, trainer_state(), placement.rank)
+    with collective_failures(peers, reporting):
+        while step < args.max_steps:
+            for micro in range(setup.grad_accum):
+                out = engine(**next(batches))
+                if micro == 0 and step + 1 in bad_loss:  # test-only fault injection (bertperf.train.faults)
+                    out.loss = out.loss * bad_loss[step + 1]
+                guard.observe(out.loss)
+                engine.backward(out.loss)
+                if micro == setup.grad_accum - 1:
+                    gate.skip = guard.step_is_bad(step + 1)  # collective: the same decision on every rank
+                engine.step()
+                window.add(out, setup.micro_batch)
+            gate.skip = False
+            step += 1
+            samples += setup.global_batch
+            sampler_state = sampler.advance(sampler_state, setup.micro_batch * setup.grad_accum)
+            if step == first_step + 1:
+                t_after_first = time.perf_counter()  # the first step pays for lazy initialization
+            else:
+                seqs_after_first += setup.global_batch
+            if step % args.log_every == 0 or step == args.max_steps:
+                sums = window.reduce()
+                now = time.perf_counter()
+                row = window_row(sums, step=step, epoch=sampler_state.epoch, samples=samples, lr=engine.get_lr()[0],
+                                 seconds=now - t_window, flops_per_masked=flops_per_seq, elapsed=now - t_start,
+                                 skipped=guard.skipped_total)
+                t_window = now
+                sinks.write(row)
+                first_row, last_row = first_row or row, row
+                masked_total += sums["mlm_count"]
+                seqs_total += sums["sequences"]
+            if args.save_every and step % args.save_every == 0 and step != args.max_steps:
+                tag = ckpt.save_checkpoint(engine, run.ckpt_dir, step, trainer_state(), placement.rank, args.keep_last)
+                log.info("saved checkpoint %s", os.path.join(run.ckpt_dir, tag))
+        t_end = time.perf_counter()
+        sinks.close()
+        tag = ckpt.save_checkpoint(engine, run.ckpt_dir, step, trainer_state(), placement.rank, args.keep_last)
     ckpt_path = os.path.join(run.ckpt_dir, tag)
     hf_dir = os.path.join(args.output_dir, "hf")
     if placement.is_main:
@@ -368,15 +469,18 @@ def train(run: Run) -> int:
             "nsp_acc_last": last_row.nsp_acc, "world_size": placement.world_size, "threads_per_rank": threads,
             "zero_stage": setup.zero_stage, "bf16": setup.bf16, "global_batch": setup.global_batch,
             "seq_length": dataset.seq_length, "model_config": args.model_config, "log_every": args.log_every,
+            "skipped_steps": guard.skipped_total,
             "paths": {"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
                       "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},
         }
         with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
             f.write("\n")
-        log.info("done: steps %d -> %d in %.1f s; %.1f seq/s, %.4f TFLOP/s after the first step; loss %.4f -> %.4f",
-                 first_step, step, t_end - t_start, seq_per_s, summary["tflops"], first_row.loss, last_row.loss)
-    eng.barrier()
+        log.info("done: steps %d -> %d in %.1f s; %.1f seq/s, %.4f TFLOP/s after the first step; loss %.4f -> %.4f%s",
+                 first_step, step, t_end - t_start, seq_per_s, summary["tflops"], first_row.loss, last_row.loss,
+                 f"; {guard.skipped_total} steps skipped for a NaN/Inf loss" if guard.skipped_total else "")
+    with collective_failures(peers, reporting):
+        eng.barrier()
     return 0
 
 
@@ -394,7 +498,17 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USER_ERROR  # every rank checks the same inputs; rank 0 reports the error once
         raise
     os.makedirs(args.output_dir, exist_ok=True)
-    return train(run)
+    from bertperf.train.faults import RankFailure, TooManyBadSteps
+
+    try:
+        return train(run)
+    except TooManyBadSteps:
+        if not placement.is_main:
+            return EXIT_USER_ERROR  # decided on every rank alike; rank 0 reports it
+        raise
+    except RankFailure as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_RANK_FAILURE
 
 
 if __name__ == "__main__":

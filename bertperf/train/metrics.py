@@ -12,11 +12,16 @@ One row per logged step, averaged over the window since the previous row and ove
     tflops      achieved TFLOP/s: seq_per_s x `bertperf.report.flops.pretrain_flops_per_sequence`
                 at the window's mean number of masked tokens per sequence
     elapsed_s   wall-clock seconds since the start of this run (not counting earlier runs)
+    skipped     optimizer steps skipped so far for a NaN/Inf loss (all runs of this training)
+
+Micro-batches whose loss is NaN or Inf are left out of the window's averages; a window made only
+of such micro-batches reports loss, mlm_loss and nsp_loss as NaN.
 """
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
@@ -43,32 +48,40 @@ class MetricsRow:
     seq_per_s: float
     tflops: float
     elapsed_s: float
+    skipped: int = 0
 
     def console(self, max_steps: int) -> str:
         return (f"step {self.step}/{max_steps} | loss {self.loss:.4f} (mlm {self.mlm_loss:.4f}, nsp {self.nsp_loss:.4f})"
                 f" | mlm_acc {self.mlm_acc:.4f} | nsp_acc {self.nsp_acc:.4f} | lr {self.lr:.3e}"
-                f" | {self.seq_per_s:.1f} seq/s | {self.tflops:.4f} TFLOP/s")
+                f" | {self.seq_per_s:.1f} seq/s | {self.tflops:.4f} TFLOP/s"
+                + (f" | {self.skipped} skipped" if self.skipped else ""))
 
 
 CSV_FIELDS = [f.name for f in fields(MetricsRow)]
 
 # index of each sum in the window's accumulator
-_KEYS = ("loss", "mlm_loss", "nsp_loss", "micro_steps", "mlm_correct", "mlm_count", "nsp_correct", "sequences")
+_KEYS = ("loss", "mlm_loss", "nsp_loss", "micro_steps", "mlm_correct", "mlm_count", "nsp_correct", "sequences",
+         "bad_micro_steps")
 
 
 class MetricsWindow:
     """Sums of one logging window on this rank; `reduce()` adds them over all ranks.
 
     `add(output, batch_size)` takes a `PreTrainingOutput` (loss, mlm_loss, nsp_loss, mlm_correct,
-    mlm_count, nsp_correct) of one micro-batch.
+    mlm_count, nsp_correct) of one micro-batch. A micro-batch with a non-finite loss only counts
+    in `bad_micro_steps` (and its sequences in `sequences`).
     """
 
     def __init__(self) -> None:
         self.sums = torch.zeros(len(_KEYS), dtype=torch.float64)
 
     def add(self, output: Any, batch_size: int) -> None:
+        if not math.isfinite(float(output.loss.detach())):
+            self.sums[_KEYS.index("bad_micro_steps")] += 1
+            self.sums[_KEYS.index("sequences")] += batch_size
+            return
         values = (output.loss, output.mlm_loss, output.nsp_loss, 1, output.mlm_correct, output.mlm_count,
-                  output.nsp_correct, batch_size)
+                  output.nsp_correct, batch_size, 0)
         self.sums += torch.tensor([float(v.detach()) if torch.is_tensor(v) else float(v) for v in values],
                                   dtype=torch.float64)
 
@@ -82,9 +95,10 @@ class MetricsWindow:
 
 
 def window_row(sums: dict[str, float], *, step: int, epoch: int, samples: int, lr: float, seconds: float,
-               flops_per_masked: Callable[[float], float], elapsed: float) -> MetricsRow:
-    """A MetricsRow from reduced window sums; `flops_per_masked(m)` gives FLOPs per sequence at m masked tokens."""
-    micro = max(sums["micro_steps"], 1.0)
+               flops_per_masked: Callable[[float], float], elapsed: float, skipped: int = 0) -> MetricsRow:
+    """A MetricsRow from reduced window sums; `flops_per_masked(m)` gives FLOPs per sequence at m masked tokens;
+    `skipped` is the running count of skipped steps."""
+    micro = sums["micro_steps"] or (math.nan if sums.get("bad_micro_steps") else 1.0)
     seqs = sums["sequences"]
     seq_per_s = seqs / seconds if seconds > 0 else 0.0
     masked_per_seq = sums["mlm_count"] / seqs if seqs else 0.0
@@ -94,7 +108,7 @@ def window_row(sums: dict[str, float], *, step: int, epoch: int, samples: int, l
         mlm_acc=sums["mlm_correct"] / sums["mlm_count"] if sums["mlm_count"] else 0.0,
         nsp_acc=sums["nsp_correct"] / seqs if seqs else 0.0,
         lr=lr, seq_per_s=seq_per_s, tflops=flops_per_masked(masked_per_seq) * seq_per_s / 1e12,
-        elapsed_s=elapsed)
+        elapsed_s=elapsed, skipped=skipped)
 
 
 class MetricsSinks:

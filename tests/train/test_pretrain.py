@@ -157,7 +157,7 @@ def test_ids_beyond_the_vocab(good_args, vocab_file, tmp_path):
     small = tmp_path / "vocab1000.txt"
     small.write_text("".join(line + "\n" for line in vocab_file.read_text().splitlines()[:1000]))
     result = run_pretrain(flat({**good_args, "--vocab": str(small)}), ranks=None)
-    _one_error_line(result, "shard_00000.hdf5", ">= vocab size 1000")
+    _one_error_line(result, "shard_00000", ">= vocab size 1000")
 
 
 def test_bad_deepspeed_json(good_args, tmp_path):
