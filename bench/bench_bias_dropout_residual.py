@@ -20,6 +20,8 @@ SHAPES = {"bert-base": (8, 128, 768), "big": (8192, 768)}
 
 
 def build_cases(dev: torch.device, dtype: torch.dtype, dname: str, backend: str, big: bool = True) -> list[Case]:
+    if backend == "apex":  # no apex equivalent of this op
+        return []
     cases = []
     for p in (0.1, 0.0):
         for label, shape in SHAPES.items():

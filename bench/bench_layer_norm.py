@@ -37,6 +37,12 @@ def build_cases(dev: torch.device, dtype: torch.dtype, dname: str, backend: str,
         def fused(x, res, bias, gamma, beta):
             return layer_norm(x, gamma, beta, bias, res, 1e-12, backend=backend)
 
+        if backend == "apex":  # NVIDIA apex's fused LayerNorm (the adds stay separate)
+            from apex.normalization.fused_layer_norm import fused_layer_norm_affine
+
+            def fused(x, res, bias, gamma, beta):  # noqa: F811
+                return fused_layer_norm_affine(x + bias + res, gamma, beta, (x.shape[-1],), 1e-12)
+
         def eager(x, res, bias, gamma, beta):
             return layer_norm_ref(x, gamma, beta, bias, res, 1e-12, upcast=False)
 

@@ -1,4 +1,9 @@
-"""Pretraining-step throughput of the whole model: kernel_backend="cpu" (fused ops) vs "torch".
+"""Pretraining-step throughput of the whole model: fused kernels vs eager torch, end to end.
+
+Contenders (kernel_backend / attention_impl): `torch/sdpa` (eager torch, the baseline),
+`auto/sdpa` (the fused LayerNorm, bias+GELU and bias+dropout+residual ops: the C++ kernels on a
+CPU, CUDA kernels on a GPU) and `auto/fused` (those plus scores by matmul and the fused
+scale+mask+softmax+dropout op instead of SDPA).
 
 One step = zero_grad + forward (sparse MLM head: only the masked positions reach the decoder)
 + backward of mlm_loss + nsp_loss, in training mode with the preset's dropout (0.1). Both
@@ -7,10 +12,10 @@ alternating (torch, fused, torch, fused, ...) so a change in the machine's load 
 contender's figure is its best round (the minimum, as bench/common.py does: other work shares
 this machine). bf16 = torch.autocast(cpu, bfloat16) with fp32 weights.
 
-    python bench/bench_model_kernels.py [--presets tiny mini small] [--threads 1 2]
-        [--dtypes fp32 bf16] [--batch 8] [--seq 128] [--rounds 5]
+    python bench/bench_model_kernels.py [--presets tiny mini base] [--threads 1 2]
+        [--dtypes fp32 bf16] [--batch 8] [--seq 128] [--rounds 5] [--contenders ...]
 
-Prints a markdown table: sequences/s of each contender and the ratio fused / torch.
+Prints a markdown table: sequences/s of each contender and its ratio to the first one.
 """
 from __future__ import annotations
 
@@ -25,9 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import DTYPES, device  # noqa: E402
 
 from bertperf.model import BertConfig  # noqa: E402
+from bertperf.model.config import ATTENTION_IMPLS, MODEL_KERNEL_BACKENDS  # noqa: E402
 from bertperf.model.heads import BertForPreTraining  # noqa: E402
 
-CONTENDERS = ("torch", "cpu")
+CONTENDERS = ("torch/sdpa", "auto/sdpa", "auto/fused")
 
 
 def make_batch(cfg: BertConfig, b: int, s: int, masked: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -68,26 +74,37 @@ def bench_one(preset: str, threads: int, dtype: str, args: argparse.Namespace) -
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     models = {}
-    for be in CONTENDERS:
-        models[be] = BertForPreTraining(BertConfig.preset(preset, kernel_backend=be)).to(device())
-        models[be].train()
-        if be != CONTENDERS[0]:
-            models[be].load_state_dict(models[CONTENDERS[0]].state_dict())
-    batch = tuple(t.to(device()) for t in make_batch(models["torch"].config, args.batch, args.seq, args.masked))
-    steps = {be: step_fn(m, batch, dtype == "bf16") for be, m in models.items()}
+    first = args.contenders[0]
+    for name in args.contenders:
+        backend, impl = name.split("/")
+        cfg = BertConfig.preset(preset, kernel_backend=backend, attention_impl=impl)
+        models[name] = BertForPreTraining(cfg).to(device()).train()
+        if name != first:
+            models[name].load_state_dict(models[first].state_dict())
+    batch = tuple(t.to(device()) for t in make_batch(models[first].config, args.batch, args.seq, args.masked))
+    steps = {name: step_fn(m, batch, dtype == "bf16") for name, m in models.items()}
     for fn in steps.values():  # warm-up (allocator, kernel loading, autocast caches)
         fn()
         fn()
-    best = {be: float("inf") for be in CONTENDERS}
+    best = {name: float("inf") for name in args.contenders}
     for _ in range(args.rounds):
-        for be in CONTENDERS:
-            best[be] = min(best[be], time_round(steps[be], args.min_round_s))
+        for name in args.contenders:
+            best[name] = min(best[name], time_round(steps[name], args.min_round_s))
     return best
+
+
+def _contender(spec: str) -> str:
+    backend, sep, impl = spec.partition("/")
+    if not sep or backend not in MODEL_KERNEL_BACKENDS or impl not in ATTENTION_IMPLS:
+        raise argparse.ArgumentTypeError(
+            f"contender {spec!r}: write kernel_backend/attention_impl, e.g. cpu/fused "
+            f"(backends {', '.join(MODEL_KERNEL_BACKENDS)}; attention {', '.join(ATTENTION_IMPLS)})")
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=["tiny", "mini", "small"])
+    p.add_argument("--presets", nargs="+", default=["tiny", "mini", "base"])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     p.add_argument("--batch", type=int, default=8)
@@ -95,20 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masked", type=int, default=20, help="MLM positions per sequence")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per contender")
     p.add_argument("--min-round-s", type=float, default=0.5, help="minimum seconds of one round")
+    p.add_argument("--contenders", nargs="+", type=_contender, default=list(CONTENDERS),
+                   help="kernel_backend/attention_impl pairs; the first is the baseline")
     args = p.parse_args(argv)
+    if device().type != "cpu":
+        args.threads = [torch.get_num_threads()]
     saved = torch.get_num_threads()
+    base = args.contenders[0]
+    others = args.contenders[1:]
     lines = [f"pretraining step (fwd+bwd, sparse MLM, dropout 0.1), batch {args.batch} x seq {args.seq}, "
-             f"{args.masked} masked/seq, device {device()}, torch {torch.__version__}",
-             "", "| preset | threads | dtype | torch seq/s | cpu-fused seq/s | fused/torch |",
-             "|---|---|---|---|---|---|"]
+             f"{args.masked} masked/seq, device {device()}, torch {torch.__version__}; seq/s, best of "
+             f"{args.rounds} alternating rounds; x = contender / {base}",
+             "", "| preset | threads | dtype | " + " | ".join(f"{c} seq/s" for c in args.contenders)
+             + "".join(f" | x {c}" for c in others) + " |",
+             "|---|---|---|" + "---|" * (len(args.contenders) + len(others))]
     try:
         for preset in args.presets:
             for threads in args.threads:
                 for dtype in args.dtypes:
                     best = bench_one(preset, threads, dtype, args)
-                    sps = {be: args.batch / s for be, s in best.items()}
-                    line = (f"| {preset} | {threads} | {dtype} | {sps['torch']:.2f} | {sps['cpu']:.2f} "
-                            f"| {sps['cpu'] / sps['torch']:.3f} |")
+                    sps = {name: args.batch / s for name, s in best.items()}
+                    line = (f"| {preset} | {threads} | {dtype} | "
+                            + " | ".join(f"{sps[c]:.2f}" for c in args.contenders)
+                            + "".join(f" | {sps[c] / sps[base]:.3f}" for c in others) + " |")
                     print(line, file=sys.stderr, flush=True)
                     lines.append(line)
     finally:

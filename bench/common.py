@@ -5,11 +5,18 @@ the same inputs, forward and backward. `run_cases` times the fused kernel, the e
 and `torch.compile` of that composite in the same process, and reports the ratio and the bytes
 per second against the copy bandwidth that `copy_bandwidth` measures in the same run (at a size
 beyond the caches). Works on CPU (times 1 and 2 threads) and unchanged on a CUDA device.
+
+Contenders: every kernel backend in `--backends` (default `default_backends`: the C++ kernels
+on a CPU; the CUDA kernels plus Triton, when importable, on a GPU) is one row per case and
+pass; the eager and compiled baselines are timed once per case and shared by those rows.
+torch.compile's warm-up (the first call, which compiles) is excluded from its timing: `time_fn`
+calls every function once before it starts the clock.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import statistics
 import time
@@ -23,6 +30,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_backends(dev: torch.device) -> list[str]:
+    """Fused-kernel contenders that can run on `dev`: `cpu` on a CPU; on a GPU `cuda`, plus
+    `triton` and NVIDIA `apex` when importable. `apex` is not a bertperf kernel backend: an op
+    bench with an apex equivalent (layer_norm) times it, the others build no case for it."""
+    if dev.type == "cuda":
+        found = [m for m in ("triton", "apex") if importlib.util.find_spec(m) is not None]
+        return ["cuda"] + found
+    return ["cpu"]
 
 
 def _sync(dev: torch.device) -> None:
@@ -98,6 +115,7 @@ class Row:
     dtype: str
     threads: int
     pass_: str
+    backend: str
     fused_ms: float
     eager_ms: float
     compiled_ms: float | None
@@ -139,31 +157,41 @@ def _backward_timer(fn: Callable[..., torch.Tensor], sets: list[list]) -> Callab
                                                 retain_graph=True), len(graphs))
 
 
+def _timer(fn: Callable[..., torch.Tensor], case: Case, pass_: str, dev: torch.device) -> float:
+    if pass_ == "fwd":
+        with torch.no_grad():
+            return time_fn(_forward_timer(fn, case.input_sets), dev)
+    return time_fn(_backward_timer(fn, case.input_sets), dev)
+
+
 def run_cases(cases: list[Case], threads: int, dev: torch.device, bandwidth: float,
-              compile_: bool = True, backward: bool = True) -> list[Row]:
+              compile_: bool = True, backward: bool = True, backend: str = "auto",
+              baselines: dict[tuple, tuple[float, float | None]] | None = None) -> list[Row]:
+    """Times each case's fused function (built for `backend`) and, unless `baselines` already
+    holds them for the same (op, shape, dtype, threads, pass), its eager composite and
+    torch.compile of it (compiled once per case, `dynamic=False`, warm-up excluded)."""
+    baselines = {} if baselines is None else baselines
     rows = []
     for case in cases:
-        compiled = None
-        if compile_:
-            torch._dynamo.reset()  # compiled code keeps the thread count it was compiled with
-            compiled = torch.compile(case.eager, dynamic=False)
         has_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in case.input_sets[0])
         passes = [("fwd", case.bytes_fwd)]
         if backward and has_grad:
             passes.append(("bwd", case.bytes_bwd))
+        compiled = None
         for pass_, nbytes in passes:
-            def timer(fn):
-                if pass_ == "fwd":
-                    with torch.no_grad():
-                        return time_fn(_forward_timer(fn, case.input_sets), dev)
-                return time_fn(_backward_timer(fn, case.input_sets), dev)
-
-            fused = timer(case.fused)
-            eager = timer(case.eager)
-            comp = timer(compiled) if compiled is not None else None
+            key = (case.op, case.shape, case.dtype, threads, pass_)
+            fused = _timer(case.fused, case, pass_, dev)
+            if key not in baselines:
+                if compile_ and compiled is None:
+                    torch._dynamo.reset()  # compiled code keeps the thread count it was compiled with
+                    compiled = torch.compile(case.eager, dynamic=False)
+                eager = _timer(case.eager, case, pass_, dev)
+                comp = _timer(compiled, case, pass_, dev) if compiled is not None else None
+                baselines[key] = (eager, comp)
+            eager, comp = baselines[key]
             gbps = nbytes / fused / 1e9 if case.big and nbytes else None
-            rows.append(Row(case.op, case.shape, case.dtype, threads, pass_, fused * 1e3, eager * 1e3,
-                            None if comp is None else comp * 1e3, gbps,
+            rows.append(Row(case.op, case.shape, case.dtype, threads, pass_, backend, fused * 1e3,
+                            eager * 1e3, None if comp is None else comp * 1e3, gbps,
                             None if gbps is None else gbps / bandwidth))
             gc.collect()
     return rows
@@ -178,24 +206,25 @@ def with_totals(rows: list[Row]) -> list[Row]:
         out.append(r)
         prev = out[-2] if len(out) >= 2 else None
         if (r.pass_ == "bwd" and prev is not None and prev.pass_ == "fwd"
-                and (prev.op, prev.shape, prev.dtype, prev.threads) == (r.op, r.shape, r.dtype, r.threads)):
+                and (prev.op, prev.shape, prev.dtype, prev.threads, prev.backend)
+                == (r.op, r.shape, r.dtype, r.threads, r.backend)):
             comp = (None if r.compiled_ms is None or prev.compiled_ms is None
                     else r.compiled_ms + prev.compiled_ms)
-            out.append(Row(r.op, r.shape, r.dtype, r.threads, "fwd+bwd", r.fused_ms + prev.fused_ms,
+            out.append(Row(r.op, r.shape, r.dtype, r.threads, "fwd+bwd", r.backend, r.fused_ms + prev.fused_ms,
                            r.eager_ms + prev.eager_ms, comp, None, None))
     return out
 
 
 def format_table(rows: list[Row], bandwidth: dict[int, float], dev: torch.device) -> str:
-    head = ("| op | shape | dtype | thr | pass | fused ms | eager ms | compile ms | x eager | x compile "
-            "| GB/s | % copy bw |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| op | shape | dtype | thr | pass | backend | fused ms | eager ms | compile ms | x eager "
+            "| x compile | GB/s | % copy bw |")
+    lines = [head, "|" + "---|" * 13]
     for r in with_totals(rows):
         comp = f"{r.compiled_ms:.3f}" if r.compiled_ms is not None else "-"
         vc = f"{r.vs_compiled:.2f}" if r.vs_compiled is not None else "-"
         gb = f"{r.gbps:.1f}" if r.gbps is not None else "-"
         frac = f"{100 * r.bw_frac:.0f}%" if r.bw_frac is not None else "-"
-        lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.threads} | {r.pass_} | {r.fused_ms:.3f} "
+        lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.threads} | {r.pass_} | {r.backend} | {r.fused_ms:.3f} "
                      f"| {r.eager_ms:.3f} | {comp} | {r.vs_eager:.2f} | {vc} | {gb} | {frac} |")
     bw = ", ".join(f"{t} thread(s): {b:.1f} GB/s" for t, b in bandwidth.items())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -204,7 +233,8 @@ def format_table(rows: list[Row], bandwidth: dict[int, float], dev: torch.device
                  "sharing the CPUs make the times, above all the 2-thread ones, noisy).")
     lines.append(f"device {dev}; copy bandwidth measured in this run (64M fp32): {bw}. "
                  "x eager / x compile = baseline time / fused time (higher is better); times are "
-                 "the best of 7 batches.")
+                 "the best of 7 batches; torch.compile (inductor, dynamic=False) is warmed up "
+                 "(compiled) before its timing starts.")
     return "\n".join(lines)
 
 
@@ -212,7 +242,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
-    p.add_argument("--backend", default="auto", help="kernel backend for the fused op")
+    p.add_argument("--backends", "--backend", nargs="+", default=None,
+                   help="kernel backends of the fused op (default: cpu on a CPU; cuda and triton on a GPU)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--no-big", action="store_true", help="skip the beyond-cache bandwidth sizes")
     p.add_argument("--no-backward", action="store_true", help="time forward passes only")
@@ -239,11 +270,14 @@ def collect(build_cases: Callable[..., list[Case]], args: argparse.Namespace) ->
             torch.set_num_threads(t)
             bandwidth[t] = copy_bandwidth(dev)
             for name in args.dtypes:
-                cases = build_cases(dev, DTYPES[name], name, args.backend, big=not args.no_big)
-                rows += run_cases(cases, t, dev, bandwidth[t], compile_=not args.no_compile,
-                                  backward=not args.no_backward)
-                del cases
-                gc.collect()
+                baselines: dict[tuple, tuple[float, float | None]] = {}
+                for backend in args.backends or default_backends(dev):
+                    cases = build_cases(dev, DTYPES[name], name, backend, big=not args.no_big)
+                    rows += run_cases(cases, t, dev, bandwidth[t], compile_=not args.no_compile,
+                                      backward=not args.no_backward, backend=backend,
+                                      baselines=baselines)
+                    del cases
+                    gc.collect()
     finally:
         torch.set_num_threads(saved)
     return rows, bandwidth

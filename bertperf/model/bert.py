@@ -20,8 +20,9 @@ The GEMMs run without their bias (`F.linear(x, W)`); the bias is handed to the f
 the parameters keep their names and shapes (checkpoints and the HF mapping are unchanged).
 `kernel_backend` "torch" is the eager composite; "cpu" / "cuda" / "triton" / "auto" route the
 bias + residual + LayerNorm, bias + GELU and bias + dropout + residual points to the fused ops
-of `bertperf.ops` (chosen per call by the tensors' device, logged once). Attention stays torch's
-SDPA on every backend.
+of `bertperf.ops` (chosen per call by the tensors' device, logged once). `attention_impl` picks
+the attention: "sdpa" (torch's SDPA, any backend) or "fused" (scores by matmul, then the fused
+scale + mask + softmax + dropout op of `bertperf.ops.softmax` on `kernel_backend`, then P V).
 
 Shapes: B batch, S sequence length, h hidden size, A heads, d = h / A head size, I FFN width.
 """
@@ -41,6 +42,7 @@ from bertperf.ops.backend import resolve_backend
 from bertperf.ops.bias_dropout_residual import bias_dropout_residual as ops_bias_dropout_residual
 from bertperf.ops.bias_gelu import bias_gelu as ops_bias_gelu
 from bertperf.ops.layer_norm import layer_norm as ops_layer_norm
+from bertperf.ops.softmax import softmax as ops_softmax
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)
@@ -107,16 +109,31 @@ def layer_norm(x: Tensor, norm: nn.LayerNorm, backend: str) -> Tensor:
     return ops_layer_norm(x, norm.weight, norm.bias, None, None, norm.eps, chosen)
 
 
+def attention_mask_bias(mask: Tensor) -> Tensor:
+    """The additive form of a bool attention mask: 0 where True (attend), float32's lowest value
+    where False. mask: bool [B, 1, 1, S] -> float32 [B, 1, 1, S]."""
+    bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return bias.masked_fill_(~mask, torch.finfo(torch.float32).min)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, training: bool,
-              backend: str) -> Tensor:
+              backend: str, impl: str = "sdpa") -> Tensor:
     """softmax(q k^T / sqrt(d), masked) v with dropout p on the probabilities.
 
     q, k, v: [B, A, S, d]; mask: bool [B, 1, 1, S] (True = attend) or None; returns [B, A, S, d].
-    A query row whose keys are all masked would give NaN: every sequence needs one valid token.
-    Every backend uses torch's SDPA (fused already; `bertperf.ops.softmax` is for attention
-    paths that materialise the scores, which this model does not)."""
-    model_backend(backend, q.device)  # validates the setting on this device
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
+    impl "sdpa": torch's SDPA on every backend (its dropout draws from torch's generator).
+    impl "fused": scores = q k^T by one batched matmul ([B, A, S, S], in q's dtype), then the
+    fused scale + additive mask + softmax + dropout op of `bertperf.ops.softmax` on `backend`
+    (the eager composite for "torch"), then probs v. Both give the same result without dropout.
+    A query row whose keys are all masked gives NaN with sdpa and a uniform row with fused:
+    every sequence needs one valid token."""
+    chosen = model_backend(backend, q.device)  # validates the setting on this device
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
+    scores = torch.matmul(q, k.transpose(-1, -2))  # [B, A, S, S]
+    bias = None if mask is None else attention_mask_bias(mask)
+    probs = ops_softmax(scores, bias, q.shape[-1] ** -0.5, p, training, None, chosen)
+    return torch.matmul(probs.to(v.dtype), v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +187,8 @@ class BertLayer(nn.Module):
         a, d = cfg.num_attention_heads, cfg.head_size
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, S, 3h]
         q, k, v = qkv.view(b, s, 3, a, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, A, S, d]
-        ctx = attention(q, k, v, mask, cfg.attention_probs_dropout_prob, self.training, be)
+        ctx = attention(q, k, v, mask, cfg.attention_probs_dropout_prob, self.training, be,
+                        cfg.attention_impl)
         ctx = ctx.transpose(1, 2).reshape(b, s, h)
         x = bias_dropout_residual_layer_norm(
             F.linear(ctx, self.attn_out.weight), self.attn_out.bias, x, self.attn_norm,

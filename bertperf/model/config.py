@@ -9,7 +9,11 @@ and written:
 
 `kernel_backend` is bertperf's own setting (never written to either JSON): which
 implementation runs the fusable points of the model (see `bertperf.model.bert`): one of
-`auto | cpu | cuda | triton | torch` (`bertperf.ops.backend`). The name is checked here; whether
+`auto | cpu | cuda | triton | torch` (`bertperf.ops.backend`). `attention_impl` picks the
+attention path: `sdpa` (torch's fused SDPA) or `fused` (scores by matmul, then the fused scale +
+mask + softmax + dropout op of `bertperf.ops.softmax` on `kernel_backend`). It runs on every
+device, so it is kept in the HF `config.json` (transformers keeps unknown keys and ignores it;
+a config.json without it reads as `sdpa`); Google's format has no place for it. The name is checked here; whether
 the backend can run on the model's device is checked at the first forward.
 
 Presets are the sizes of Google's BERT release (Turc et al. 2019 for the small ones), with
@@ -53,6 +57,8 @@ GOOGLE_KEYS = (
 HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 # non-HF fields of BertConfig
 _BERTPERF_ONLY = ("kernel_backend",)
+# attention implementations (see bertperf.model.bert.attention)
+ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "fused")
 _GOOGLE_LN_EPS = 1e-12
 
 
@@ -75,6 +81,7 @@ class BertConfig:
     pad_token_id: int = 0
     classifier_dropout: float | None = None  # fine-tuning heads; None -> hidden_dropout_prob
     kernel_backend: str = "torch"  # bertperf only: implementation of the fusable points
+    attention_impl: str = "sdpa"  # bertperf only: "sdpa" (torch SDPA) or "fused" (QK^T, fused softmax, PV)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +122,10 @@ class BertConfig:
             raise BertperfError(
                 f"{source}: setting `kernel_backend` is {self.kernel_backend!r}; choose one of "
                 f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} (\"torch\" = eager torch, the default)")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise BertperfError(
+                f"{source}: setting `attention_impl` is {self.attention_impl!r}; choose one of "
+                f"{', '.join(repr(a) for a in ATTENTION_IMPLS)} (\"sdpa\" = torch's SDPA, the default)")
 
     # ------------------------------------------------------------------ derived
     @property

@@ -30,6 +30,17 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 
 _auto_logged: set[str] = set()
+# backends whose kernels are loaded (checked before `_load`, which torch.compile cannot trace)
+_ready: set[str] = set()
+
+
+def _constant_under_compile(fn):
+    """What `torch.compiler.assume_constant_result` does (Dynamo runs `fn` eagerly and keeps its
+    answer as a constant: these functions import and build modules, which cannot be traced),
+    without importing torch._dynamo here: that imports triton, and triton must be imported
+    only after a process has chosen TRITON_INTERPRET."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def _device_type(device: torch.device | str) -> str:
@@ -39,21 +50,29 @@ def _device_type(device: torch.device | str) -> str:
 @functools.cache
 def _load(backend: str) -> str:
     """Loads a backend's kernels once; returns '' if usable, else the reason it is not."""
-    from bertperf.ops import _build
+    from bertperf.ops import _build, _fake
 
     try:
         if backend == "cpu":
             _build.load_cpu()
+            _fake.register()  # shapes for torch.compile
         elif backend == "cuda":
             if not torch.cuda.is_available():
                 return "no CUDA device is available"
             _build.load_cuda()
+            _fake.register()
         elif backend == "triton":
             if importlib.util.find_spec("triton") is None:
                 return "the `triton` package is not installed"
         return ""
     except Exception as e:  # a failed build or import makes the backend unavailable
         return f"{type(e).__name__}: {e}"
+
+
+@_constant_under_compile
+def _load_constant(backend: str) -> str:
+    """`_load`, run eagerly (not traced) under torch.compile."""
+    return _load(backend)
 
 
 def unavailable_reason(backend: str, device: torch.device | str) -> str:
@@ -81,7 +100,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
             f"unknown kernel backend {backend!r}: choose one of {', '.join(BACKENDS)} "
             "(setting `kernel_backend`)"
         )
-    dev = _device_type(device)
+    return _resolve(backend, _device_type(device))
+
+
+@_constant_under_compile
+def _resolve(backend: str, dev: str) -> str:
     if backend != "auto":
         reason = unavailable_reason(backend, dev)
         if reason:
@@ -109,9 +132,11 @@ def kernels(backend: str, op: str) -> Any:
     triton is the module `bertperf.kernels.<op>` with the same function names and signatures.
     """
     if backend in ("cpu", "cuda"):
-        reason = _load(backend)
-        if reason:
-            raise BertperfError(f"kernel backend {backend!r} is unavailable: {reason}")
+        if backend not in _ready:
+            reason = _load_constant(backend)
+            if reason:
+                raise BertperfError(f"kernel backend {backend!r} is unavailable: {reason}")
+            _ready.add(backend)
         return torch.ops.bertperf
     if backend == "triton":
         module: ModuleType = importlib.import_module(f"bertperf.kernels.{op}")

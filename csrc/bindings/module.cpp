@@ -9,7 +9,8 @@
 #include "../cpu/cpu_common.h"
 
 namespace {
-// Selects the CPU code path (1 baseline, 3 AVX2, 4 AVX-512), clamped to what the CPU supports;
+// Selects the CPU code path (1 baseline, 3 AVX2, 4 AVX-512, 5 AVX-512 with native bf16 stores),
+// clamped to what the CPU supports;
 // returns the level in use. A request of 0 only queries.
 int64_t cpu_isa(int64_t requested) {
   if (requested > 0) return bertperf::cpu::set_isa_level(static_cast<int>(requested));

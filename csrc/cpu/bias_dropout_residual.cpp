@@ -1,5 +1,7 @@
 // bias_dropout_residual on the CPU: OpenMP over rows, one vectorized pass per row; the dropout
 // mask is the counter-based hash of bertperf/common.h (vectorizes: 32-bit multiplies and shifts).
+// kNative (bf16 on CPUs with AVX512_BF16, cpu::native_bf16): rows are finished in fp32 chunks of
+// kChunk in an L1 scratch buffer and stored with vcvtneps2bf16 (cpu::store_bf16_native).
 #include <type_traits>
 #include <vector>
 
@@ -8,6 +10,72 @@
 
 namespace bertperf {
 namespace {
+
+constexpr int64_t kChunk = 512;
+
+#if defined(__x86_64__)
+template <bool kDropout>
+BP_TARGET_AVX512BF16 BP_HD void bdr_fwd_rows_native(const BiasDropoutResidualFwdArgs* a, int64_t r0, int64_t r1) {
+  const int64_t cols = a->cols;
+  const float* bias = static_cast<const float*>(a->bias);
+  const DropoutParams d = a->drop;
+  const float inv_keep = d.inv_keep;
+  float buf[kChunk];
+  for (int64_t r = r0; r < r1; ++r) {
+    const bf16* xr = static_cast<const bf16*>(a->x) + r * cols;
+    const bf16* rr = static_cast<const bf16*>(a->residual) + r * cols;
+    bf16* yr = static_cast<bf16*>(a->y) + r * cols;
+    for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
+      const int64_t n = std::min(kChunk, cols - j0);
+      const uint32_t base = static_cast<uint32_t>(r * cols + j0);
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const float f = kDropout ? dropout_factor(d.seed_lo, d.seed_hi, base + static_cast<uint32_t>(j),
+                                                  d.threshold, inv_keep)
+                                 : 1.0f;
+        buf[j] = bdr_output(to_acc(xr[j0 + j]), bias ? bias[j0 + j] : 0.0f, to_acc(rr[j0 + j]), f);
+      }
+      cpu::store_bf16_native(buf, yr + j0, n);
+    }
+  }
+}
+
+BP_TARGET_AVX512BF16 BP_HD void bdr_bwd_rows_native(const BiasDropoutResidualBwdArgs* a, int64_t r0, int64_t r1,
+                                                    float* part) {
+  const int64_t cols = a->cols;
+  const DropoutParams d = a->drop;
+  const float inv_keep = d.inv_keep;
+  float buf[kChunk];
+  for (int64_t r = r0; r < r1; ++r) {
+    const bf16* dyr = static_cast<const bf16*>(a->dy) + r * cols;
+    bf16* dxr = static_cast<bf16*>(a->dx) + r * cols;
+    for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
+      const int64_t n = std::min(kChunk, cols - j0);
+      const uint32_t base = static_cast<uint32_t>(r * cols + j0);
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j)
+        buf[j] = to_acc(dyr[j0 + j]) * dropout_factor(d.seed_lo, d.seed_hi, base + static_cast<uint32_t>(j),
+                                                      d.threshold, inv_keep);
+      if (a->dbias) {
+        float* pr = part + j0;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) pr[j] += buf[j];
+      }
+      cpu::store_bf16_native(buf, dxr + j0, n);
+    }
+  }
+}
+
+BP_TARGET_AVX512BF16 void fwd_drop_bf16_native(const BiasDropoutResidualFwdArgs* a, int64_t r0, int64_t r1) {
+  bdr_fwd_rows_native<true>(a, r0, r1);
+}
+BP_TARGET_AVX512BF16 void fwd_nodrop_bf16_native(const BiasDropoutResidualFwdArgs* a, int64_t r0, int64_t r1) {
+  bdr_fwd_rows_native<false>(a, r0, r1);
+}
+BP_TARGET_AVX512BF16 void bwd_bf16_native(const BiasDropoutResidualBwdArgs* a, int64_t r0, int64_t r1, float* part) {
+  bdr_bwd_rows_native(a, r0, r1, part);
+}
+#endif
 
 template <typename T, bool kDropout>
 BP_HD void bdr_fwd_rows(const BiasDropoutResidualFwdArgs* a, int64_t r0, int64_t r1) {
@@ -85,7 +153,12 @@ void fwd(const BiasDropoutResidualFwdArgs* a) {
   const bool drop = a->drop.threshold != 0;
   cpu::parallel_rows(a->rows, threads, [a, drop](int, int64_t r0, int64_t r1) {
     if constexpr (std::is_same_v<T, float>) drop ? fwd_drop_f32(a, r0, r1) : fwd_nodrop_f32(a, r0, r1);
-    if constexpr (std::is_same_v<T, bf16>) drop ? fwd_drop_bf16(a, r0, r1) : fwd_nodrop_bf16(a, r0, r1);
+    if constexpr (std::is_same_v<T, bf16>) {
+#if defined(__x86_64__)
+      if (cpu::native_bf16()) return drop ? fwd_drop_bf16_native(a, r0, r1) : fwd_nodrop_bf16_native(a, r0, r1);
+#endif
+      drop ? fwd_drop_bf16(a, r0, r1) : fwd_nodrop_bf16(a, r0, r1);
+    }
     if constexpr (std::is_same_v<T, double>) drop ? fwd_drop_f64(a, r0, r1) : fwd_nodrop_f64(a, r0, r1);
   });
 }
@@ -100,7 +173,12 @@ void bwd(const BiasDropoutResidualBwdArgs* a) {
   cpu::parallel_rows(a->rows, threads, [a, parts, cols](int t, int64_t r0, int64_t r1) {
     A* part = a->dbias ? parts + static_cast<int64_t>(t) * cols : parts;
     if constexpr (std::is_same_v<T, float>) bwd_f32(a, r0, r1, part);
-    if constexpr (std::is_same_v<T, bf16>) bwd_bf16(a, r0, r1, part);
+    if constexpr (std::is_same_v<T, bf16>) {
+#if defined(__x86_64__)
+      if (cpu::native_bf16()) return bwd_bf16_native(a, r0, r1, part);
+#endif
+      bwd_bf16(a, r0, r1, part);
+    }
     if constexpr (std::is_same_v<T, double>) bwd_f64(a, r0, r1, part);
   });
   if (a->dbias) cpu::sum_partials(parts, threads, cols, static_cast<A*>(a->dbias));

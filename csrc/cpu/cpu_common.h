@@ -17,6 +17,12 @@
 
 #include <algorithm>
 
+#include "bertperf/common.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -24,7 +30,10 @@
 namespace bertperf {
 namespace cpu {
 
-enum IsaLevel : int { kIsaBaseline = 1, kIsaAvx2 = 3, kIsaAvx512 = 4 };
+// kIsaAvx512Bf16: AVX-512 plus AVX512_BF16 (vcvtneps2bf16, one instruction for 16 fp32 -> bf16
+// round-to-nearest-even conversions instead of ~6 integer ops each). Ops whose bf16 stores use
+// it (`store_bf16_native`) have a dedicated clone; for every other loop it is the AVX-512 level.
+enum IsaLevel : int { kIsaBaseline = 1, kIsaAvx2 = 3, kIsaAvx512 = 4, kIsaAvx512Bf16 = 5 };
 
 inline int detect_isa() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -32,7 +41,7 @@ inline int detect_isa() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return kIsaAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? kIsaAvx512Bf16 : kIsaAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kIsaAvx2;
 #endif
   return kIsaBaseline;
@@ -46,10 +55,16 @@ inline int& isa_level_ref() {
 
 inline int isa_level() { return isa_level_ref(); }
 
-// Request a level (1, 3 or 4); clamped to what the CPU supports. Returns the level now in use.
+// True when the bf16 stores may use vcvtneps2bf16 (the level in use is kIsaAvx512Bf16).
+inline bool native_bf16() { return isa_level() >= kIsaAvx512Bf16; }
+
+// Request a level (1, 3, 4 or 5); clamped to what the CPU supports. Returns the level now in use.
 inline int set_isa_level(int requested) {
   const int best = detect_isa();
-  int level = requested >= kIsaAvx512 ? kIsaAvx512 : requested >= kIsaAvx2 ? kIsaAvx2 : kIsaBaseline;
+  int level = requested >= kIsaAvx512Bf16 ? kIsaAvx512Bf16
+              : requested >= kIsaAvx512   ? kIsaAvx512
+              : requested >= kIsaAvx2     ? kIsaAvx2
+                                          : kIsaBaseline;
   isa_level_ref() = std::min(level, best);
   return isa_level_ref();
 }
@@ -209,6 +224,29 @@ void sum_partials(const A* partial, int parts, int64_t cols, A* out) {
 
 #define BP_TARGET_AVX512 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
 #define BP_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+#define BP_TARGET_AVX512BF16 \
+  __attribute__((target("arch=x86-64-v4,avx512bf16,prefer-vector-width=512")))
+
+#if defined(__x86_64__)
+namespace bertperf {
+namespace cpu {
+// dst[0:n] = bf16(src[0:n]) rounded to nearest even (NaN -> quiet NaN) by vcvtneps2bf16; the
+// same results as from_acc<bf16> except that fp32 denormals become (signed) zero. Only for
+// when native_bf16(). Inlined into BP_TARGET_AVX512BF16 callers; an out-of-line call from
+// others (one per row: negligible).
+BP_TARGET_AVX512BF16 inline void store_bf16_native(const float* src, bf16* dst, int64_t n) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
+  if (j < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - j)) - 1u);
+    _mm256_mask_storeu_epi16(dst + j, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j)));
+  }
+}
+}  // namespace cpu
+}  // namespace bertperf
+#endif
 
 // Defines NAME(args...) that forwards to IMPL(args...) compiled for the ISA level in use.
 // IMPL must be an always-inline function (or template instance) so its loops are generated
@@ -230,6 +268,7 @@ void sum_partials(const A* partial, int parts, int64_t cols, A* out) {
   template <typename... A>                                                                 \
   void NAME(A... a) {                                                                      \
     switch (::bertperf::cpu::isa_level()) {                                                \
+      case ::bertperf::cpu::kIsaAvx512Bf16:                                                \
       case ::bertperf::cpu::kIsaAvx512: NAME##_avx512(a...); break;                        \
       case ::bertperf::cpu::kIsaAvx2: NAME##_avx2(a...); break;                            \
       default: NAME##_base(a...); break;                                                   \

@@ -1,5 +1,8 @@
 // softmax on the CPU: OpenMP over rows; each row (Sk = 128 for BERT) is staged in an L1 scratch
 // row: logits + max, exp + sum, then one write of the probabilities (and the dropped-out copy).
+// kNative (bf16 on CPUs with AVX512_BF16, cpu::native_bf16): the outputs are finished in the
+// fp32 scratch row and stored with vcvtneps2bf16 (cpu::store_bf16_native) instead of the
+// generic bit-trick rounding, which cost more than the softmax math in the bf16 loops.
 #include <type_traits>
 #include <vector>
 
@@ -9,7 +12,7 @@
 namespace bertperf {
 namespace {
 
-template <typename T, bool kDropout>
+template <typename T, bool kDropout, bool kNative = false>
 BP_HD void softmax_fwd_rows(const SoftmaxFwdArgs* a, int64_t r0, int64_t r1, acc_t<T>* buf) {
   using A = acc_t<T>;
   const int64_t cols = a->cols;
@@ -35,6 +38,21 @@ BP_HD void softmax_fwd_rows(const SoftmaxFwdArgs* a, int64_t r0, int64_t r1, acc
     const A sum = cpu::row_sum(buf, cols);
     const A inv = A(1) / sum;
     T* yr = static_cast<T*>(a->y) + r * cols;
+#if defined(__x86_64__)
+    if constexpr (kNative) {
+      static_assert(std::is_same_v<T, bf16>);
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) buf[j] *= inv;
+      if constexpr (kDropout) {
+        cpu::store_bf16_native(buf, static_cast<T*>(a->probs) + r * cols, cols);
+        const uint32_t base = static_cast<uint32_t>(r * cols);
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j)
+          buf[j] *= dropout_factor(d.seed_lo, d.seed_hi, base + static_cast<uint32_t>(j), d.threshold, inv_keep);
+      }
+      cpu::store_bf16_native(buf, yr, cols);
+    } else
+#endif
     if (kDropout) {
       T* pr = static_cast<T*>(a->probs) + r * cols;
       const uint32_t base = static_cast<uint32_t>(r * cols);
@@ -59,7 +77,7 @@ BP_HD void softmax_fwd_rows(const SoftmaxFwdArgs* a, int64_t r0, int64_t r1, acc
   }
 }
 
-template <typename T, bool kDropout>
+template <typename T, bool kDropout, bool kNative = false>
 BP_HD void softmax_bwd_rows(const SoftmaxBwdArgs* a, int64_t r0, int64_t r1, acc_t<T>* buf) {
   using A = acc_t<T>;
   const int64_t cols = a->cols;
@@ -81,6 +99,14 @@ BP_HD void softmax_bwd_rows(const SoftmaxBwdArgs* a, int64_t r0, int64_t r1, acc
     }
     const A dot = cpu::row_dot(buf, pbuf, cols);
     T* dxr = static_cast<T*>(a->dx) + r * cols;
+#if defined(__x86_64__)
+    if constexpr (kNative) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) buf[j] = softmax_grad(pbuf[j], buf[j], dot, scale);
+      cpu::store_bf16_native(buf, dxr, cols);
+      continue;
+    }
+#endif
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) dxr[j] = from_acc<T>(softmax_grad(to_acc(pr[j]), buf[j], dot, scale));
   }
@@ -96,6 +122,17 @@ BP_SOFTMAX_VARIANTS(float, f32)
 BP_SOFTMAX_VARIANTS(bf16, bf16)
 BP_SOFTMAX_VARIANTS(double, f64)
 
+#if defined(__x86_64__)
+#define BP_SOFTMAX_NATIVE(NAME, IMPL, ARGS)                                            \
+  BP_TARGET_AVX512BF16 void NAME(const ARGS* a, int64_t r0, int64_t r1, float* buf) { \
+    IMPL(a, r0, r1, buf);                                                              \
+  }
+BP_SOFTMAX_NATIVE(fwd_drop_bf16_native, (softmax_fwd_rows<bf16, true, true>), SoftmaxFwdArgs)
+BP_SOFTMAX_NATIVE(fwd_nodrop_bf16_native, (softmax_fwd_rows<bf16, false, true>), SoftmaxFwdArgs)
+BP_SOFTMAX_NATIVE(bwd_drop_bf16_native, (softmax_bwd_rows<bf16, true, true>), SoftmaxBwdArgs)
+BP_SOFTMAX_NATIVE(bwd_nodrop_bf16_native, (softmax_bwd_rows<bf16, false, true>), SoftmaxBwdArgs)
+#endif
+
 template <typename T>
 void fwd(const SoftmaxFwdArgs* a) {
   const int threads = cpu::plan_threads(a->rows, a->cols, a->num_threads);
@@ -104,7 +141,12 @@ void fwd(const SoftmaxFwdArgs* a) {
     std::vector<acc_t<T>> buf(a->cols);
     acc_t<T>* b = buf.data();
     if constexpr (std::is_same_v<T, float>) drop ? fwd_drop_f32(a, r0, r1, b) : fwd_nodrop_f32(a, r0, r1, b);
-    if constexpr (std::is_same_v<T, bf16>) drop ? fwd_drop_bf16(a, r0, r1, b) : fwd_nodrop_bf16(a, r0, r1, b);
+    if constexpr (std::is_same_v<T, bf16>) {
+#if defined(__x86_64__)
+      if (cpu::native_bf16()) return drop ? fwd_drop_bf16_native(a, r0, r1, b) : fwd_nodrop_bf16_native(a, r0, r1, b);
+#endif
+      drop ? fwd_drop_bf16(a, r0, r1, b) : fwd_nodrop_bf16(a, r0, r1, b);
+    }
     if constexpr (std::is_same_v<T, double>) drop ? fwd_drop_f64(a, r0, r1, b) : fwd_nodrop_f64(a, r0, r1, b);
   });
 }
@@ -117,7 +159,12 @@ void bwd(const SoftmaxBwdArgs* a) {
     std::vector<acc_t<T>> buf(2 * a->cols);
     acc_t<T>* b = buf.data();
     if constexpr (std::is_same_v<T, float>) drop ? bwd_drop_f32(a, r0, r1, b) : bwd_nodrop_f32(a, r0, r1, b);
-    if constexpr (std::is_same_v<T, bf16>) drop ? bwd_drop_bf16(a, r0, r1, b) : bwd_nodrop_bf16(a, r0, r1, b);
+    if constexpr (std::is_same_v<T, bf16>) {
+#if defined(__x86_64__)
+      if (cpu::native_bf16()) return drop ? bwd_drop_bf16_native(a, r0, r1, b) : bwd_nodrop_bf16_native(a, r0, r1, b);
+#endif
+      drop ? bwd_drop_bf16(a, r0, r1, b) : bwd_nodrop_bf16(a, r0, r1, b);
+    }
     if constexpr (std::is_same_v<T, double>) drop ? bwd_drop_f64(a, r0, r1, b) : bwd_nodrop_f64(a, r0, r1, b);
   });
 }

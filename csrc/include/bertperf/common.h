@@ -139,6 +139,8 @@ BP_HD float fast_erf(float x) {
   q = q * z + 7.843798706012069e-02f;
   q = q * z + 4.3254970014571725e-01f;
   q = q * z + 1.0f;
+  // The division stays: a bit-trick reciprocal with three Newton steps measured 12-20% slower
+  // on AVX-512 (0.37-0.40 vs 0.33 ns per element for the fp32 GELU in cache).
   return c * p / q;
 #endif
 }
