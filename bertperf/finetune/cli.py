@@ -6,9 +6,14 @@
     bertperf finetune tnews --data_dir tnews_public --model CKPT --output_dir OUT
     bertperf finetune wikipairs --input enwiki.xml.bz2 --kind order --out DIR    (then: glue --task wnli --data_dir DIR)
 
-`--model` is a checkpoint directory in HF layout (config.json + weights, e.g. a pre-trained
-bertperf export or /work/main/.data/minilm) or, for a randomly initialised model, a BertConfig
-preset name / JSON (then `--vocab` is required). The vocab defaults to `<model>/vocab.txt`.
+`--model` is an HF directory (config.json + weights, e.g. /work/main/.data/minilm), a bertperf
+pretraining output (its hf/ or checkpoints/), a Google TF checkpoint (directory with
+bert_model.ckpt.* + bert_config.json, or the .ckpt prefix) or, for a randomly initialised model,
+a BertConfig preset name / JSON (then `--vocab` is required); see `bertperf.finetune.start`.
+The vocab defaults to the vocab.txt that comes with the model.
+`--bf16` (bf16 autocast), `--kernel_backend cpu` (fused C++ ops) and `--deepspeed_config`
+(a DeepSpeed engine, ZeRO 0-2, launched by `deepspeed bertperf/finetune.py ...`; see
+`bertperf.finetune.ds`) apply to every task.
 `--config` is a FinetuneConfig preset (glue, squad, ner, tnews, demo) or JSON; the default is
 the command's own preset. `--max_steps` and `--seed` override it.
 
@@ -53,43 +58,18 @@ class Job:
     tests: list[tuple[dict[str, np.ndarray], Callable[[Any, str], list[str]]]] = field(default_factory=list)
     extra_dev: list[tuple[str, dict[str, np.ndarray], Callable[[Any], dict[str, float]]]] = field(default_factory=list)
     labels: list[str] | None = None  # NER tag list, saved as ner_labels.json with the checkpoint
+    notes: dict[str, Any] = field(default_factory=dict)  # input counts (e.g. skipped rows) for eval_results["data"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
 
-_MODEL_CLASSES = {"classification": "BertForSequenceClassification", "regression": "BertForSequenceClassification",
-                  "token": "BertForTokenClassification", "qa": "BertForQuestionAnswering"}
+def build_model(head: str, spec: str, num_labels: int, vocab_size: int, **overrides: Any):
+    """The task model from `--model` (see `bertperf.finetune.start`)."""
+    from bertperf.finetune.start import build_model as _build
 
-
-def build_model(head: str, spec: str, num_labels: int, vocab_size: int):
-    """A checkpoint directory -> `<Class>.from_pretrained(dir, num_labels=...)`; otherwise a
-    BertConfig preset / JSON -> a randomly initialised `<Class>(config, num_labels)`."""
-    import bertperf.model as bm
-
-    cls = getattr(bm, _MODEL_CLASSES[head], None)
-    if cls is None:
-        raise BertperfError(f"bertperf.model has no {_MODEL_CLASSES[head]}; the model package is incomplete")
-    if os.path.isdir(spec):
-        if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise BertperfError(f"{spec}: no config.json; --model must be a checkpoint directory in HF layout "
-                                "or a BertConfig preset name / JSON")
-        return _from_pretrained(cls, spec, num_labels)
-    config = bm.BertConfig.resolve(spec, vocab_size=vocab_size)
-    return _make(cls, config, num_labels)
-
-
-def _make(cls, config, num_labels):
-    if cls.__name__ == "BertForQuestionAnswering":
-        return cls(config)
-    return cls(config, num_labels)
-
-
-def _from_pretrained(cls, path, num_labels):
-    if cls.__name__ == "BertForQuestionAnswering":
-        return cls.from_pretrained(path)
-    return cls.from_pretrained(path, num_labels=num_labels)
+    return _build(head, spec, num_labels, vocab_size, **overrides)[0]
 
 
 def _save_model_fn(vocab_file: str, ner_labels: list[str] | None):
@@ -177,10 +157,15 @@ def _glue_writer(task_name, examples, split, preds_of):
 def squad_job(a, tok: FastTokenizer, cfg: FinetuneConfig) -> Job:
     from bertperf.finetune import squad
 
+    notes: dict[str, Any] = {}
+
     def feats(path, training):
         ex = squad.read_squad_examples(path)
         f, stats = squad.create_features(ex, tok, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length, training)
         log.info("%s: %d examples -> %d features", path, stats.examples, stats.features)
+        if training:
+            notes.update(train_examples=stats.examples, train_features=stats.features,
+                         train_skipped_answer_not_in_context=stats.skipped_bad_answer)
         return ex, f
 
     train_arrays = None
@@ -211,7 +196,7 @@ def squad_job(a, tok: FastTokenizer, cfg: FinetuneConfig) -> Job:
 
     return Job("qa", 2, train_arrays, parr if has_answers else None, score if has_answers else None,
                "f1", write_dev=write if has_answers else None,
-               tests=[] if has_answers else [(parr, write)])
+               tests=[] if has_answers else [(parr, write)], notes=notes)
 
 
 def ner_job(a, tok: FastTokenizer, cfg: FinetuneConfig) -> Job:
@@ -305,35 +290,51 @@ JOBS = {"glue": glue_job, "squad": squad_job, "ner": ner_job, "tnews": tnews_job
 
 def run(job: Job, model, cfg: FinetuneConfig, out_dir: str, vocab_file: str) -> dict:
     """Train (when job.train), score dev, write every prediction file; returns eval_results."""
+    os.makedirs(out_dir, exist_ok=True)
+    results: dict[str, Any] = {}
+    if job.train is not None:
+        results["train"] = train_job(job, model, cfg, out_dir, vocab_file)
+    return finish(job, model, cfg, out_dir, results)
+
+
+def train_job(job: Job, model, cfg: FinetuneConfig, out_dir: str, vocab_file: str, stepper: Any = None,
+              shard_eval: bool = False) -> dict:
+    """Fine-tune `model` on job.train, picking the best checkpoint on job.dev; returns the
+    training summary. Under DeepSpeed (a `stepper` and `shard_eval`) every rank calls it."""
+    if not len(job.train["input_ids"]):
+        raise BertperfError("the training set is empty")
+    if job.score is None:
+        raise BertperfError("training needs a labelled dev set to pick the best checkpoint")
+
+    def evaluate(m):
+        return _flat(job.score(predict(m, job.dev, job.head, cfg.eval_batch_size, bf16=cfg.bf16, shard=shard_eval)))
+
+    res = train(model, job.head, job.train, cfg, evaluate, job.main_metric, out_dir,
+                save=_save_model_fn(vocab_file, job.labels), stepper=stepper)
+    return {"steps": res.steps, "seconds": round(res.seconds, 2), "examples": res.train_examples,
+            "best_step": res.best_step, f"best_{job.main_metric}": res.best_metric,
+            "stopped_early": res.stopped_early}
+
+
+def finish(job: Job, model, cfg: FinetuneConfig, out_dir: str, results: dict) -> dict:
+    """Score dev (and MNLI-mm) with `model`, write dev/test predictions and eval_results.json."""
     import torch
 
     os.makedirs(out_dir, exist_ok=True)
-    results: dict[str, Any] = {}
     head = job.head
-
-    def evaluate(m):
-        return job.score(predict(m, job.dev, head, cfg.eval_batch_size))
-
-    if job.train is not None and len(job.train["input_ids"]):
-        if job.score is None:
-            raise BertperfError("training needs a labelled dev set to pick the best checkpoint")
-        res = train(model, head, job.train, cfg, lambda m: _flat(evaluate(m)), job.main_metric, out_dir,
-                    save=_save_model_fn(vocab_file, job.labels))
-        results["train"] = {"steps": res.steps, "seconds": round(res.seconds, 2), "examples": res.train_examples,
-                            "best_step": res.best_step, f"best_{job.main_metric}": res.best_metric,
-                            "stopped_early": res.stopped_early}
-    elif job.train is not None:
-        raise BertperfError("the training set is empty")
+    if job.notes:
+        results["data"] = dict(job.notes)
+    pred = lambda arr: predict(model, arr, head, cfg.eval_batch_size, bf16=cfg.bf16)  # noqa: E731
     with torch.no_grad():
         if job.dev is not None:
-            logits = predict(model, job.dev, head, cfg.eval_batch_size)
+            logits = pred(job.dev)
             results["dev"] = job.score(logits)
             if job.write_dev:
                 results.setdefault("files", []).extend(job.write_dev(logits, out_dir))
         for name, arr, score in job.extra_dev:
-            results[name] = score(predict(model, arr, head, cfg.eval_batch_size))
+            results[name] = score(pred(arr))
         for arr, write in job.tests:
-            results.setdefault("files", []).extend(write(predict(model, arr, head, cfg.eval_batch_size), out_dir))
+            results.setdefault("files", []).extend(write(pred(arr), out_dir))
     atomic_write_json(os.path.join(out_dir, "eval_results.json"), results)
     return results
 
@@ -355,6 +356,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--max_steps", type=int, help="train exactly this many steps")
         sp.add_argument("--seed", type=int)
         sp.add_argument("--no_train", action="store_true", help="only score dev and predict test with --model")
+        sp.add_argument("--bf16", action="store_true",
+                        help="bf16: autocast on CPU (plain run) / DeepSpeed's bf16 mode (with --deepspeed_config)")
+        sp.add_argument("--kernel_backend", help="the model's fused-op backend: torch (default), cpu, triton, cuda, auto")
+        sp.add_argument("--deepspeed_config", help="DeepSpeed JSON (e.g. configs/ds-finetune.json): train with a "
+                        "DeepSpeed engine; launch with `deepspeed [--num_gpus N] bertperf/finetune.py ...`")
 
     g = sub.add_parser("glue", help="a GLUE task (data_dir = the task folder of the GLUE download)")
     g.add_argument("--task", required=True)
@@ -377,32 +383,66 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _drop_local_rank(argv: list[str]) -> list[str]:
+    """Remove the `--local_rank=N` (or `--local_rank N`) the deepspeed launcher puts before the
+    task name; LOCAL_RANK is in the environment as well."""
+    out, skip = [], False
+    for i, x in enumerate(argv):
+        if skip:
+            skip = False
+        elif x.startswith("--local_rank="):
+            continue
+        elif x == "--local_rank":
+            skip = True
+        else:
+            out.append(x)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _drop_local_rank(sys.argv[1:] if argv is None else list(argv))
     if argv and argv[0] == "wikipairs":
         from bertperf.finetune import wikitask
         return wikitask.main(argv[1:])
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        raise BertperfError(f"unknown fine-tuning task {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)}")
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    overrides = {k: v for k, v in (("max_steps", a.max_steps), ("seed", a.seed)) if v is not None}
+    from bertperf.finetune.start import describe
+
+    overrides = {k: v for k, v in (("max_steps", a.max_steps), ("seed", a.seed), ("kernel_backend", a.kernel_backend))
+                 if v is not None}
+    if a.bf16:
+        overrides["bf16"] = True
     cfg = FinetuneConfig.resolve(a.config, **overrides)
-    vocab = a.vocab or (os.path.join(a.model, "vocab.txt") if os.path.isdir(a.model) else None)
+    src = describe(a.model)
+    vocab = a.vocab or src.vocab
     if vocab is None:
-        raise BertperfError("--vocab is required when --model is a config (random init)")
+        raise BertperfError(f"{a.model}: no vocab.txt comes with this model: pass --vocab" if src.kind != "config"
+                            else "--vocab is required when --model is a config (random init)")
     if not os.path.isfile(vocab):
         raise BertperfError(f"{vocab}: vocab file not found; pass --vocab with the model's vocab.txt")
-    if a.no_train and not os.path.isdir(a.model):
-        raise BertperfError("--no_train needs --model to be a fine-tuned checkpoint directory")
+    if a.no_train and src.kind == "config":
+        raise BertperfError("--no_train needs --model to be a fine-tuned checkpoint")
+    if a.no_train and a.deepspeed_config:
+        raise BertperfError("--no_train does not use DeepSpeed: drop --deepspeed_config")
     tok = load_tokenizer(vocab)
     job = JOBS[a.command](a, tok, cfg)
-    import torch
+    if a.deepspeed_config:
+        from bertperf.finetune.ds import run_deepspeed
 
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    model = build_model(job.head, a.model, job.num_labels, tok.vocab_size)
-    results = run(job, model, cfg, a.output_dir, vocab)
+        results = run_deepspeed(job, a, cfg, vocab, tok.vocab_size)
+        if results is None:  # not rank 0
+            return 0
+    else:
+        import torch
+
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        model = build_model(job.head, a.model, job.num_labels, tok.vocab_size, kernel_backend=cfg.kernel_backend)
+        results = run(job, model, cfg, a.output_dir, vocab)
     shown = {k: v for k, v in results.items() if k != "files"}
     print(json_line(shown))
     for f in results.get("files", []):

@@ -5,7 +5,10 @@ linear warmup then linear decay to 0 (`bertperf.optim.schedules.WarmupDecaySched
 clipping by global norm, evaluation every `eval_every` steps (and at the end), the best model
 by the task's main metric kept in memory and saved with `save_pretrained` to
 `<output_dir>/best` (written to a temporary directory, then swapped in), early stopping after
-`patience` evaluations without improvement, a tqdm bar.
+`patience` evaluations without improvement, a tqdm bar. `bf16` runs the forward passes under
+bf16 autocast (CPU AMX GEMMs; weights, optimizer state and losses stay fp32). How a step is
+taken is a "stepper": `PlainStepper` here (one process), `bertperf.finetune.ds.DeepSpeedStepper`
+under DeepSpeed (ranks share each global batch; evaluation sharded and gathered).
 
 Heads and losses (the losses are computed here from the model's logits):
 
@@ -19,7 +22,6 @@ Model inputs are the int64 arrays `input_ids`, `segment_ids`, `input_mask` [N, S
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -76,6 +78,13 @@ class FinetuneConfig:
     # torch intra-op threads; 0 = torch's default. 1 is often faster for small models, and much
     # faster when other processes share the cores (2 OpenMP threads stall when oversubscribed)
     num_threads: int = 0
+    # bf16 autocast on CPU (AMX GEMMs; weights, optimizer and loss stay fp32) in the plain path;
+    # under DeepSpeed, bf16 comes from the DeepSpeed JSON (or --bf16) and DeepSpeed keeps fp32 masters
+    bf16: bool = False
+    # BertConfig.kernel_backend of the model: "torch" (eager), "cpu" (fused C++ ops), ...
+    kernel_backend: str = "torch"
+    # learning rate of the task head and pooler relative to learning_rate (see adamw_param_groups)
+    head_lr_scale: float = 1.0
 
     PRESETS = {
         # Google's run_classifier / README settings (lr 2e-5 as in its MRPC example)
@@ -185,10 +194,43 @@ def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v[:, :used] if v.dim() == 2 and v.shape[1] == S else v) for k, v in batch.items()}
 
 
+def _autocast(bf16: bool):
+    """bf16 autocast on CPU when `bf16`, else a no-op context."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16))
+
+
+def _dist_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], head: str, batch_size: int = 64):
+def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], head: str, batch_size: int = 64,
+            bf16: bool = False, shard: bool = False):
     """Logits of every row, in order: float32 [N, C] / [N, S, C] / ([N, S], [N, S]) for "qa".
-    Batches are trimmed of common right padding, then logits are padded back to [.., S]."""
+    Batches are trimmed of common right padding, then logits are padded back to [.., S].
+
+    shard: under torch.distributed, each rank predicts a contiguous slice of the rows and the
+    slices are gathered, so every rank returns the logits of all N rows (collective: every rank
+    must call it). bf16: the forward runs under bf16 autocast (logits returned as float32)."""
+    rank, world = _dist_world() if shard else (0, 1)
+    if world > 1:
+        n = len(arrays["input_ids"])
+        lo, hi = (n * rank) // world, (n * (rank + 1)) // world
+        part = predict(model, {k: arrays[k][lo:hi] for k in INPUT_KEYS}, head, batch_size, bf16) \
+            if hi > lo else None
+        import torch.distributed as dist
+
+        parts: list = [None] * world
+        dist.all_gather_object(parts, part)
+        parts = [p for p in parts if p is not None]
+        if head == "qa":
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.concatenate(parts)
     was_training = model.training
     model.eval()
     n, S = arrays["input_ids"].shape
@@ -196,7 +238,8 @@ def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], head: str, ba
     try:
         for batch in _batches(arrays, INPUT_KEYS, batch_size, np.arange(n)):
             b = _trim(batch)
-            lg = forward_logits(model, b, head)
+            with _autocast(bf16):
+                lg = forward_logits(model, b, head)
             if head == "qa":
                 pad = S - lg[0].shape[1]
                 outs.append(tuple(F.pad(x.float(), (0, pad), value=-1e4).numpy() for x in lg))
@@ -216,14 +259,27 @@ def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], head: str, ba
 # ---------------------------------------------------------------------------------------------
 
 
-def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weight decay on matrices/embeddings; none on biases and LayerNorm (1-D) params."""
-    decay, no_decay = [], []
+def adamw_param_groups(model: torch.nn.Module, weight_decay: float, learning_rate: float | None = None,
+                       head_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on matrices/embeddings, none on biases and LayerNorm (1-D) params. With
+    head_lr_scale != 1 (and learning_rate given), the task head and the pooler (parameters
+    outside the encoder's embeddings and layers) get their own groups at learning_rate *
+    head_lr_scale: a freshly initialised head then learns in the few hundred steps a small
+    fine-tuning run has, while the pre-trained encoder moves at the base rate."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() < 2 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        head = head_lr_scale != 1.0 and not any(k in name for k in (".embeddings.", ".layers.")) \
+            and not name.startswith(("embeddings.", "layers."))
+        groups.setdefault((p.dim() < 2 or name.endswith(".bias"), head), []).append(p)
+    out = []
+    for (no_decay, head), params in sorted(groups.items()):
+        g = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if head and learning_rate is not None:
+            g["lr"] = learning_rate * head_lr_scale
+        out.append(g)
+    return out
 
 
 def save_model_atomically(model: torch.nn.Module, path: str,
@@ -256,6 +312,68 @@ class TrainResult:
     train_examples: int = 0
 
 
+class PlainStepper:
+    """One process, plain torch: AdamW (`adamw_param_groups`), the warmup + linear decay
+    schedule, clipping by global norm, optional bf16 autocast of the forward pass."""
+
+    rank = 0
+    world = 1
+
+    def __init__(self, model: torch.nn.Module, cfg: FinetuneConfig, total_steps: int):
+        self.model = model
+        self.cfg = cfg
+        self.opt = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay, cfg.learning_rate, cfg.head_lr_scale),
+                                     lr=cfg.learning_rate,
+                                     betas=(0.9, 0.999), eps=1e-6)
+        self.sched = make_schedule(cfg, total_steps).lr_scheduler(self.opt)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model to evaluate (its weights are the current ones)."""
+        return self.model
+
+    def loss(self, batch: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+        with _autocast(self.cfg.bf16):
+            return head_loss(head, forward_logits(self.model, _trim(batch), head), batch_with_trimmed_labels(batch, head))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+    def mean_loss(self, loss: torch.Tensor) -> float:
+        """The step's loss as logged (under DeepSpeed: averaged over the ranks)."""
+        return float(loss.detach())
+
+    def fp32_state(self) -> dict[str, torch.Tensor]:
+        """A detached fp32 copy of the weights."""
+        return {k: v.detach().float().clone() for k, v in self.model.state_dict().items()}
+
+    def best_holder(self) -> torch.nn.Module | None:
+        """The model that receives the best weights and is saved (None: this rank saves nothing)."""
+        return self.model
+
+
+def make_schedule(cfg: FinetuneConfig, total_steps: int):
+    from bertperf.optim.schedules import WarmupDecaySchedule
+
+    return WarmupDecaySchedule(total_steps=total_steps, warmup_steps=int(round(cfg.warmup_proportion * total_steps)),
+                               decay="linear")
+
+
+def total_steps(cfg: FinetuneConfig, n: int) -> tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch) for n training rows at cfg.batch_size (global)."""
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+    return total, steps_per_epoch
+
+
 def train(
     model: torch.nn.Module,
     head: str,
@@ -265,6 +383,7 @@ def train(
     main_metric: str,
     output_dir: str | None = None,
     save: Callable[[torch.nn.Module, str], None] | None = None,
+    stepper: Any = None,
 ) -> TrainResult:
     """Fine-tune `model` in place; at the end it holds the weights of the best evaluation.
 
@@ -272,10 +391,16 @@ def train(
     returns metrics containing `main_metric` (higher is better). With `output_dir`, the best
     model is saved to `<output_dir>/best` (by `save(model, dir)`, default `save_pretrained`)
     and the history to `<output_dir>/train_history.json`.
+
+    stepper: how a step is taken; default `PlainStepper` (one process). Under DeepSpeed
+    (`bertperf.finetune.ds.DeepSpeedStepper`) every rank calls `train` with the same arrays
+    and seed: each global batch of cfg.batch_size rows is split between the ranks, `evaluate`
+    is called on every rank (it must be collective or identical everywhere, e.g. a sharded
+    `predict`), and the best weights go to `stepper.best_holder()` (a plain fp32 copy on rank
+    0, None elsewhere), which rank 0 saves; `model` is then that holder's source and is left as
+    the engine trained it.
     """
     from tqdm.auto import tqdm
-
-    from bertperf.optim.schedules import WarmupDecaySchedule
 
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -286,70 +411,83 @@ def train(
     n = len(train_arrays["input_ids"])
     if n == 0:
         raise BertperfError("the training set is empty: check the training file")
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+    total, steps_per_epoch = total_steps(cfg, n)
     eval_every = cfg.eval_every if cfg.eval_every > 0 else steps_per_epoch
-    schedule = WarmupDecaySchedule(total_steps=total, warmup_steps=int(round(cfg.warmup_proportion * total)),
-                                   decay="linear")
-    opt = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                            betas=(0.9, 0.999), eps=1e-6)
-    sched = schedule.lr_scheduler(opt)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if stepper is None:
+        stepper = PlainStepper(model, cfg, total)
+    rank, world = stepper.rank, stepper.world
+    main = rank == 0
 
     result = TrainResult(steps=0, best_metric=-math.inf, best_step=0, train_examples=n)
     best_state = None
     bad_evals = 0
     t0 = time.perf_counter()
-    model.train()
-    bar = tqdm(total=total, desc="fine-tune", unit="step", dynamic_ncols=True, mininterval=1.0)
+    stepper.module.train()
+    bar = tqdm(total=total, desc="fine-tune", unit="step", dynamic_ncols=True, mininterval=1.0, disable=not main)
     losses: list[float] = []
     step = 0
     while step < total and not result.stopped_early:
         order = rng.permutation(n)
         for batch in _batches(train_arrays, keys, cfg.batch_size, order):
-            loss = head_loss(head, forward_logits(model, _trim(batch), head), batch_with_trimmed_labels(batch, head))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            sched.step()
+            if world > 1:
+                batch = _rank_share(batch, rank, world)
+            loss = stepper.loss(batch, head)
+            stepper.step(loss)
             step += 1
-            losses.append(float(loss.detach()))
+            losses.append(stepper.mean_loss(loss))
             bar.update(1)
             if step % max(1, cfg.log_every) == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}", lr=f"{stepper.lr():.2e}")
             if step % eval_every == 0 or step == total:
-                metrics = evaluate(model)
-                model.train()
+                metrics = evaluate(stepper.module)
+                stepper.module.train()
                 if main_metric not in metrics:
                     raise ValueError(f"evaluation returned {sorted(metrics)}, not the main metric {main_metric!r}")
                 entry = {"step": step, "train_loss": float(np.mean(losses[-eval_every:])), **metrics}
                 result.history.append(entry)
                 value = float(metrics[main_metric])
-                log.info("step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()})
+                if main:
+                    log.info("step %d: %s", step,
+                             {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()})
                 if value > result.best_metric:
                     result.best_metric, result.best_step, bad_evals = value, step, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                    if output_dir:
-                        save_model_atomically(model, os.path.join(output_dir, "best"), save)
+                    best_state = stepper.fp32_state()  # collective under DeepSpeed
+                    holder = stepper.best_holder()
+                    if output_dir and holder is not None:
+                        if holder is not model:
+                            holder.load_state_dict(best_state)
+                        save_model_atomically(holder, os.path.join(output_dir, "best"), save)
                 else:
                     bad_evals += 1
                     if cfg.patience > 0 and bad_evals >= cfg.patience:
-                        log.info("early stopping at step %d: no better %s for %d evaluations", step, main_metric,
-                                 bad_evals)
+                        if main:
+                            log.info("early stopping at step %d: no better %s for %d evaluations", step,
+                                     main_metric, bad_evals)
                         result.stopped_early = True
-                if output_dir:
+                if output_dir and main:
                     atomic_write_json(os.path.join(output_dir, "train_history.json"), result.history)
             if step >= total or result.stopped_early:
                 break
     bar.close()
     result.steps = step
     result.seconds = time.perf_counter() - t0
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    holder = stepper.best_holder()
+    if best_state is not None and holder is not None:
+        holder.load_state_dict(best_state)
     return result
+
+
+def _rank_share(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    """This rank's contiguous share of a global batch (sizes differ by at most one row). A rank
+    left with no row gets the batch's first row (its loss is then multiplied by 0 by the
+    stepper, see `DeepSpeedStepper`): every rank must run forward and backward each step."""
+    n = len(batch["input_ids"])
+    lo, hi = (n * rank) // world, (n * (rank + 1)) // world
+    if hi <= lo:
+        return {k: v[:1] for k, v in batch.items()} | {"_empty": torch.ones(())}
+    return {k: v[lo:hi] for k, v in batch.items()}
 
 
 def batch_with_trimmed_labels(batch: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
