@@ -13,6 +13,7 @@ COMMANDS = {
     "vocab": ("bertperf.data.vocab", "train a WordPiece vocab.txt from a corpus"),
     "inspect": ("bertperf.data.inspect", "show instances of a shard decoded, and shard statistics"),
     "convert-tfrecord": ("bertperf.convert.tfrecord", "Google TFRecord pre-training files -> HDF5 shards"),
+    "export-checkpoint": ("bertperf.train.checkpoint", "a pre-training checkpoint -> one fp32 Hugging Face directory"),
     "finetune": ("bertperf.finetune.cli", "fine-tune on GLUE, SQuAD v1.1/v2.0, NER or TNEWS"),
     "report": ("bertperf.report.report", "throughput report (markdown + HTML with plots) from runs and benches"),
 }

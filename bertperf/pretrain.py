@@ -22,7 +22,8 @@ gradient clipping, ...), except what bertperf takes over (details in `bertperf.t
   gets "zero_allow_untested_optimizer"; "steps_per_print" defaults to never (bertperf logs).
 
 Data: every rank loads the shards of --data_dir (validated before the first step) and reads its
-own, disjoint samples of a seeded per-epoch shuffle (`bertperf.train.sampler`); the position is
+own, disjoint samples of a seeded per-epoch shuffle, streamed one shard at a time
+(`bertperf.data.loader.ShardedLoader`); the position is
 saved in each checkpoint, so `--resume` continues with the next unseen samples.
 
 Resume and faults: checkpoints are written atomically and hold the data position, the optimizer,
@@ -158,7 +159,7 @@ class Run:
     placement: Any  # bertperf.train.engine.Placement
     setup: Any  # bertperf.train.ds_config.TrainSetup
     config: Any  # bertperf.model.BertConfig
-    dataset: Any  # bertperf.data.loader.PretrainingDataset
+    dataset: Any  # bertperf.data.loader.ShardedLoader
     ckpt_dir: str
     resume_tag: str | None
     resume_state: dict[str, Any] | None
@@ -207,7 +208,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
     """Validate every input: DeepSpeed JSON, model config, vocab, shards, resume checkpoint."""
-    from bertperf.data.loader import PretrainingDataset
+    from bertperf.data.loader import ShardedLoader
     from bertperf.data.shards import find_shards
     from bertperf.train.checkpoint import checkpoint_tags, find_resume_tag, latest_tag, read_trainer_state
     from bertperf.train.ds_config import load_train_setup
@@ -216,12 +217,14 @@ def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
     setup = load_train_setup(args.deepspeed_config, placement.world_size, args.max_steps)
     config = resolve_model_config(args.model_config, args.vocab)
     files = find_shards(args.data_dir)
-    dataset = PretrainingDataset(files, vocab_size=config.vocab_size)
+    dataset = ShardedLoader(files, rank=placement.rank, world_size=placement.world_size,
+                            micro_batch=setup.micro_batch, seed=args.seed, vocab_size=config.vocab_size)
+    dataset.check_all()  # every shard validated before the first step (one in memory at a time)
     if dataset.seq_length > config.max_position_embeddings:
         raise BertperfError(f"{files[0]}: sequence length {dataset.seq_length} exceeds the model's "
                             f"max_position_embeddings {config.max_position_embeddings} ({args.model_config})")
-    if len(dataset) < setup.micro_batch * placement.world_size:
-        raise BertperfError(f"{args.data_dir}: {len(dataset)} instances are fewer than one batch of "
+    if dataset.num_samples < setup.micro_batch * placement.world_size:
+        raise BertperfError(f"{args.data_dir}: {dataset.num_samples} instances are fewer than one batch of "
                             f"{setup.micro_batch} x {placement.world_size} ranks; create more data")
 
     ckpt_dir = os.path.join(args.output_dir, "checkpoints")
@@ -334,7 +337,6 @@ def train(run: Run) -> int:
     from bertperf.train import faults
     from bertperf.train.metrics import MetricsSinks, MetricsWindow, window_row
     from bertperf.train.optimizers import build_optimizer
-    from bertperf.train.sampler import DistributedShuffleSampler, SamplerState
 
     args, placement, setup, config = run.args, run.placement, run.setup, run.config
     threads = eng.set_threads(placement)
@@ -362,11 +364,13 @@ def train(run: Run) -> int:
     scheduler = gate.scheduler(setup.schedule.lr_scheduler(optimizer)) if setup.schedule else None
     engine = eng.initialize(model, optimizer, scheduler, setup.ds_config)
 
-    seed, sampler_state, samples, step, skipped = args.seed, SamplerState(), 0, 0, 0
+    loader = run.dataset
+    seed, samples, step, skipped = args.seed, 0, 0, 0
     if run.resume_tag is not None:
         state = ckpt.load_checkpoint(engine, run.ckpt_dir, run.resume_tag, placement.rank)
         step, samples, skipped = int(state["step"]), int(state["samples"]), int(state.get("skipped_steps", 0))
-        sampler_state = SamplerState.from_dict(state["sampler"])
+        # the loader's position (checkpoints from before ShardedLoader hold only epoch/offset there)
+        loader.load_state_dict({**state["sampler"], "seed": int(state["seed"])})
         if int(state["seed"]) != seed:
             log.warning("resuming with the checkpoint's data order (seed %s), not --seed %s", state["seed"], seed)
             seed = int(state["seed"])
@@ -374,25 +378,23 @@ def train(run: Run) -> int:
             raise BertperfError(f"{os.path.join(run.ckpt_dir, run.resume_tag)}: DeepSpeed restored step "
                                 f"{engine.global_steps} but bertperf's state says {step}; the checkpoint is inconsistent")
         log.info("resumed from %s: step %d, %d samples seen, data epoch %d offset %d", run.resume_tag, step,
-                 samples, sampler_state.epoch, sampler_state.offset)
+                 samples, loader.epoch, loader.offset)
     if step >= args.max_steps:
         log.info("the checkpoint is at step %d, which already reaches --max_steps %d: nothing to do", step, args.max_steps)
         return 0
 
-    dataset = run.dataset
-    sampler = DistributedShuffleSampler(len(dataset), placement.rank, placement.world_size, seed, sampler_state)
-    # an own generator: the loader must not draw from the global RNG, whose state (dropout) a resume restores
-    loader = torch.utils.data.DataLoader(dataset, batch_size=setup.micro_batch, sampler=sampler, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    # ShardedLoader draws from its own seeded generators, never from the global RNG (dropout)
     batches = iter(loader)
     sinks = MetricsSinks(args.output_dir, placement.is_main, args.max_steps,
                          resume_step=step if run.resume_tag is not None else None)
 
     def flops_per_seq(masked: float) -> float:
-        return pretrain_flops_per_sequence(config, dataset.seq_length, masked)
+        return pretrain_flops_per_sequence(config, loader.seq_length, masked)
 
     def trainer_state() -> dict[str, Any]:
-        return {"step": step, "samples": samples, "sampler": sampler_state.to_dict(), "seed": seed,
+        # the loader's position after the last micro batch taken (epoch, offset, seed, num_samples), the same
+        # on every rank; kept under the key "sampler" that checkpoint.read_trainer_state requires
+        return {"step": step, "samples": samples, "sampler": loader.state_dict(), "seed": seed,
                 "world_size": placement.world_size, "global_batch": setup.global_batch,
                 "model_config": _config_dict(config), "data_dir": os.path.abspath(args.data_dir),
                 "zero_stage": setup.zero_stage, "bf16": setup.bf16, "skipped_steps": guard.skipped_total}
@@ -401,7 +403,7 @@ def train(run: Run) -> int:
              "= %d sequences/step, %d instances of length %d; steps %d -> %d",
              args.model_config, n_params / 1e6, placement.world_size, threads,
              setup.zero_stage, "bf16" if setup.bf16 else "fp32", setup.micro_batch, setup.grad_accum,
-             setup.global_batch, len(dataset), dataset.seq_length, step, args.max_steps)
+             setup.global_batch, loader.num_samples, loader.seq_length, step, args.max_steps)
 
     guard = faults.NonFiniteGuard(args.max_bad_steps, placement.world_size, skipped)
     engine.train()
@@ -427,7 +429,6 @@ def train(run: Run) -> int:
             gate.skip = False
             step += 1
             samples += setup.global_batch
-            sampler_state = sampler.advance(sampler_state, setup.micro_batch * setup.grad_accum)
             if step == first_step + 1:
                 t_after_first = time.perf_counter()  # the first step pays for lazy initialization
             else:
@@ -435,7 +436,7 @@ def train(run: Run) -> int:
             if step % args.log_every == 0 or step == args.max_steps:
                 sums = window.reduce()
                 now = time.perf_counter()
-                row = window_row(sums, step=step, epoch=sampler_state.epoch, samples=samples, lr=engine.get_lr()[0],
+                row = window_row(sums, step=step, epoch=loader.epoch, samples=samples, lr=engine.get_lr()[0],
                                  seconds=now - t_window, flops_per_masked=flops_per_seq, elapsed=now - t_start,
                                  skipped=guard.skipped_total)
                 t_window = now
@@ -468,7 +469,7 @@ def train(run: Run) -> int:
             "loss_first": first_row.loss, "loss_last": last_row.loss, "mlm_acc_last": last_row.mlm_acc,
             "nsp_acc_last": last_row.nsp_acc, "world_size": placement.world_size, "threads_per_rank": threads,
             "zero_stage": setup.zero_stage, "bf16": setup.bf16, "global_batch": setup.global_batch,
-            "seq_length": dataset.seq_length, "model_config": args.model_config, "log_every": args.log_every,
+            "seq_length": loader.seq_length, "model_config": args.model_config, "log_every": args.log_every,
             "skipped_steps": guard.skipped_total,
             "paths": {"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
                       "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},

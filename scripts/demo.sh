@@ -3,6 +3,7 @@
 #   1. bertperf prepare: the 206-page enwiki sample -> masked-LM/NSP shards (S=128, P=20)
 #   2. deepspeed --num_gpus 2 bertperf/pretrain.py: a tiny BERT (L2 H128), ZeRO-2, fp32
 #   3. where everything is, and the throughput
+#   4. bertperf report: the run as markdown + an offline HTML page with plots (runs/demo/report/)
 # Paths are relative to the repository root; the Makefile puts .venv/bin on PATH and sets
 # TORCH_EXTENSIONS_DIR and the Open MPI root variables. DEMO_STEPS overrides the step count.
 set -euo pipefail
@@ -16,11 +17,11 @@ STEPS=${DEMO_STEPS:-300}
 export HF_HUB_OFFLINE=1
 
 start=$(date +%s)
-echo "== 1/3 prepare: $SAMPLE -> $SHARDS (seq 128, 20 predictions, dupe factor 3)"
+echo "== 1/4 prepare: $SAMPLE -> $SHARDS (seq 128, 20 predictions, dupe factor 3)"
 bertperf prepare --input "$SAMPLE" --vocab "$VOCAB" --output_dir "$SHARDS" \
     --max_seq_length 128 --max_predictions_per_seq 20 --dupe_factor 3 --quiet
 
-echo "== 2/3 pre-train: tiny BERT, 2 ranks, ZeRO-2, $STEPS steps of 64 sequences (configs/ds-demo.json)"
+echo "== 2/4 pre-train: tiny BERT, 2 ranks, ZeRO-2, $STEPS steps of 64 sequences (configs/ds-demo.json)"
 rm -rf "$RUN/checkpoints" "$RUN/hf" "$RUN/tensorboard" "$RUN/metrics.csv" "$RUN/summary.json"
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # the launcher's own INFO chatter is dropped; bertperf's lines and any warning or error pass
@@ -29,7 +30,7 @@ deepspeed --num_gpus 2 --master_port "$port" bertperf/pretrain.py \
     --data_dir "$SHARDS" --output_dir "$RUN" --max_steps "$STEPS" --log_every 25 \
     2>&1 | grep --line-buffered -v -E '\[INFO\]|Setting accelerator to CPU|Unable to find hostfile'
 
-echo "== 3/3 summary"
+echo "== 3/4 summary"
 python - "$RUN/summary.json" "$SHARDS" "$(( $(date +%s) - start ))" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -45,3 +46,7 @@ print(f"throughput:  {s['seq_per_s']:.1f} sequences/s over {s['world_size']} ran
       f"{s['tflops'] * 1000:.2f} GFLOP/s achieved ({s['flops_per_sequence'] / 1e9:.2f} GFLOP per sequence)")
 print(f"demo time:   {sys.argv[3]} s")
 EOF
+
+echo "== 4/4 report"
+bertperf report "$RUN" --out "$RUN/report"
+echo "open $RUN/report/report.html in a browser (self-contained, works offline)"

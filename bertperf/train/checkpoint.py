@@ -307,6 +307,10 @@ def consolidate_fp32(ckpt_dir: str, tag: str) -> tuple[Any, dict[str, torch.Tens
         raise BertperfError(f"{tag_dir}: no such checkpoint; tags here: {checkpoint_tags(ckpt_dir) or 'none'}")
     state = read_trainer_state(ckpt_dir, tag)
     config = BertConfig.from_dict(state["model_config"], source=os.path.join(tag_dir, STATE_FILE))
+    from bertperf.model.pipeline import is_pipeline_checkpoint, pipeline_checkpoint_weights
+
+    if is_pipeline_checkpoint(tag_dir):  # its layer files, which zero_to_fp32 cannot read
+        return config, pipeline_checkpoint_weights(tag_dir, config.num_hidden_layers)
     if glob.glob(os.path.join(tag_dir, "*zero_pp_rank_*_optim_states.pt")):
         return config, _zero_to_fp32(ckpt_dir, tag)
     path = os.path.join(tag_dir, MODEL_STATES)

@@ -77,29 +77,33 @@ class MicroBatches:
     """The micro-batch stream of one data-parallel replica (see the module docstring: replica d's
     micro-batch k of each step comes from virtual rank d * A + k of D * A).
 
-    Iterating yields (inputs, labels) tuples forever; `state_after(steps)` is the global sampler
-    position after that many more steps."""
+    `loader` is the run's `bertperf.data.loader.ShardedLoader` (its files and vocab size are used):
+    one streaming loader per virtual rank, so a data-loading stage holds about A shards.
+    Iterating yields (inputs, labels) tuples forever; `state_after(steps)` is the global data
+    position after that many more steps (arithmetic: also right on stages that load no data)."""
 
-    def __init__(self, dataset: Any, micro_batch: int, accum: int, dp_rank: int, dp: int, seed: int,
+    def __init__(self, loader: Any, micro_batch: int, accum: int, dp_rank: int, dp: int, seed: int,
                  state: Any) -> None:
-        from bertperf.train.sampler import DistributedShuffleSampler
+        from bertperf.data.loader import ShardedLoader
 
         self.world = dp * accum
         self.micro_batch = micro_batch
-        self.samplers = [DistributedShuffleSampler(len(dataset), dp_rank * accum + k, self.world, seed, state)
-                         for k in range(accum)]
-        # own generators: the loaders must not draw from the global RNG (dropout)
-        self.loaders = [iter(torch.utils.data.DataLoader(dataset, batch_size=micro_batch, sampler=s, drop_last=True,
-                                                         generator=torch.Generator().manual_seed(seed)))
-                        for s in self.samplers]
+        start = {**state.to_dict(), "seed": seed}
+        self.loaders = [ShardedLoader(loader.files, rank=dp_rank * accum + k, world_size=self.world,
+                                      micro_batch=micro_batch, seed=seed, vocab_size=loader.vocab_size, state=start)
+                        for k in range(accum)]
 
     def __iter__(self) -> Iterator[PIPE_BATCH]:
+        iterators = [iter(ld) for ld in self.loaders]
         while True:
-            for loader in self.loaders:
-                yield pipe_batch(next(loader))
+            for it in iterators:
+                yield pipe_batch(next(it))
 
     def state_after(self, state: Any, steps: int) -> Any:
-        return self.samplers[0].advance(state, steps * self.micro_batch)
+        from bertperf.train.sampler import SamplerState
+
+        moved = self.loaders[0].advance({**state.to_dict(), "seed": self.loaders[0].seed}, batches=steps)
+        return SamplerState(epoch=moved["epoch"], offset=moved["offset"])
 
 
 def initial_weights(run: Any) -> dict[str, torch.Tensor]:
@@ -203,7 +207,7 @@ def train_pipeline(run: Any) -> int:
              "sequences/step, %d instances of length %d; steps %d -> %d",
              args.model_config, n_params / 1e6, placement.world_size, stages, stage_partition(config, stages), dp,
              threads, setup.zero_stage, "bf16" if setup.bf16 else "fp32", setup.micro_batch, setup.grad_accum, dp,
-             setup.global_batch, len(dataset), dataset.seq_length, step, args.max_steps)
+             setup.global_batch, dataset.num_samples, dataset.seq_length, step, args.max_steps)
 
     engine.train()
     window = MetricsWindow()
