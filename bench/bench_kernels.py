@@ -20,6 +20,8 @@ OPS = ("layer_norm", "bias_gelu", "bias_dropout_residual", "softmax")
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"),
+                   help="bench result file for `bertperf report` (default %(default)s)")
     args = p.parse_args(argv)
     builders = [importlib.import_module(f"bench_{op}").build_cases for op in args.ops]
 
@@ -32,6 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     low_bw = [r for r in rows if r.bw_frac is not None and r.bw_frac < 0.7]
     print(f"\nfwd+bwd below 1.5x eager: {len(slow)}; beyond-cache passes below 70% of the copy "
           f"bandwidth: {len(low_bw)} of {sum(r.bw_frac is not None for r in rows)}")
+    from bertperf.report.machine import write_bench_json
+
+    out = [{"op": r.op, "shape": r.shape, "dtype": r.dtype, "threads": r.threads, "pass": r.pass_,
+            "backend": r.backend, "fused_ms": round(r.fused_ms, 4), "eager_ms": round(r.eager_ms, 4),
+            "compiled_ms": None if r.compiled_ms is None else round(r.compiled_ms, 4),
+            "x_eager": round(r.vs_eager, 3), "x_compile": None if r.vs_compiled is None else round(r.vs_compiled, 3),
+            "gb_per_s": None if r.gbps is None else round(r.gbps, 2),
+            "copy_bw_frac": None if r.bw_frac is None else round(r.bw_frac, 3)} for r in with_totals(rows)]
+    bw = ", ".join(f"{t} thread(s) {b:.1f} GB/s" for t, b in bandwidth.items())
+    write_bench_json(args.json, "kernels", "Fused kernels against eager torch and torch.compile", out,
+                     [f"copy bandwidth measured in this run: {bw}", "x_eager / x_compile = baseline time / fused "
+                      "time; targets: x_eager >= 1.5 (fwd+bwd) and >= 70% of copy bandwidth (beyond-cache rows)"])
+    print(f"wrote {args.json}")
     return 0
 
 

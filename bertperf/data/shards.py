@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from typing import Mapping
 
 import numpy as np
 
+from bertperf.utils.atomic import atomic_path
 from bertperf.utils.errors import BertperfError
 
 # name -> (stored dtype, number of dimensions)
@@ -116,22 +116,11 @@ def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> No
 
     path = os.fspath(path)
     data = validate(arrays, where=path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            for name in SCHEMA:
-                a = data[name]
-                f.create_dataset(name, data=a, dtype=a.dtype, compression="gzip",
-                                 compression_opts=GZIP_LEVEL, track_times=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        for name in SCHEMA:
+            a = data[name]
+            f.create_dataset(name, data=a, dtype=a.dtype, compression="gzip",
+                             compression_opts=GZIP_LEVEL, track_times=False)
 
 
 def read_shard(path: str | os.PathLike, vocab_size: int | None = None) -> dict[str, np.ndarray]:

@@ -54,12 +54,12 @@ import math
 import multiprocessing
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 from bertperf.data.extract import AUTO, RawDocument, ReadStats, detect_kind, read_raw_documents, split_document
+from bertperf.utils.atomic import atomic_write_json
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)
@@ -205,17 +205,7 @@ def _sha256(path: str) -> str:
 
 def _write_json(path: str, data: dict) -> None:
     """Atomic JSON write (temporary file in the same directory, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 def tokenize_block(ctx: _Context, docs: list[RawDocument]) -> tuple[list[list[list[int]]], dict]:

@@ -32,6 +32,7 @@ from collections import Counter
 from typing import Iterable
 
 from bertperf.data.tokenize import SPECIAL_TOKENS
+from bertperf.utils.atomic import atomic_write_text
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)
@@ -149,18 +150,7 @@ def train_vocab(inputs: list[str], vocab_size: int, lower_case: bool = True, unu
 
 def write_vocab(path: str, lines: list[str]) -> None:
     """Write one token per line to `path` atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

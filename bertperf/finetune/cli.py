@@ -35,7 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bertperf.finetune.common import FastTokenizer, atomic_write_json, atomic_write_text, encode_pairs, load_tokenizer
+from bertperf.finetune.common import FastTokenizer, encode_pairs, load_tokenizer
+from bertperf.utils.atomic import atomic_write_json, atomic_write_text
 from bertperf.finetune.trainer import FinetuneConfig, predict, train
 from bertperf.utils.errors import BertperfError
 
@@ -349,7 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, preset):
-        sp.add_argument("--model", required=True, help="checkpoint dir (HF layout) or BertConfig preset/JSON (random init)")
+        sp.add_argument("--model", required=True, help="start point: an HF directory, a bertperf pretraining output or checkpoint, a Google TF "
+                        "checkpoint (directory or .ckpt prefix), or a BertConfig preset/JSON (random init)")
         sp.add_argument("--vocab", help="vocab.txt (default: <model>/vocab.txt)")
         sp.add_argument("--output_dir", required=True)
         sp.add_argument("--config", default=preset, help=f"FinetuneConfig preset or JSON (default {preset})")

@@ -1,9 +1,7 @@
-"""Small helpers shared by the fine-tuning tasks: the fast tokenizer, atomic file writes, file checks."""
+"""Small helpers shared by the fine-tuning tasks: the fast tokenizer and file checks."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,25 +15,6 @@ def need_file(path: str | os.PathLike, what: str, fix: str) -> str:
         raise BertperfError(f"{path}: {what} not found; {fix}")
     return path
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to a temporary file in the same directory, then rename it to `path`."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 def guess_lower_case(vocab: dict[str, int] | Sequence[str]) -> bool:

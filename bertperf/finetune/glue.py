@@ -33,7 +33,8 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from bertperf.finetune.common import atomic_write_text, need_file
+from bertperf.finetune.common import need_file
+from bertperf.utils.atomic import atomic_write_text
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bertperf.finetune.common import FastTokenizer, atomic_write_text, need_file
+from bertperf.finetune.common import FastTokenizer, need_file
+from bertperf.utils.atomic import atomic_write_text
 from bertperf.finetune.metrics import bio_entities
 from bertperf.utils.errors import BertperfError
 

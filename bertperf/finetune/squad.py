@@ -34,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bertperf.finetune.common import FastTokenizer, atomic_write_json, need_file
+from bertperf.finetune.common import FastTokenizer, need_file
+from bertperf.utils.atomic import atomic_write_json
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from bertperf.finetune.common import atomic_write_text, need_file
+from bertperf.finetune.common import need_file
+from bertperf.utils.atomic import atomic_write_text
 from bertperf.utils.errors import BertperfError
 
 #: CLUE's labels.json for TNEWS (codes 105 and 111 are not used)

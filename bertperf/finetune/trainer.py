@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertperf.finetune.common import atomic_write_json
+from bertperf.utils.atomic import atomic_write_json
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)

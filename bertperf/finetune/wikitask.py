@@ -25,7 +25,7 @@ import random
 import re
 from typing import Sequence
 
-from bertperf.finetune.common import atomic_write_text
+from bertperf.utils.atomic import atomic_write_text
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)

@@ -265,13 +265,10 @@ class BertConfig:
 
 
 def write_json_atomic(path: "str | os.PathLike[str]", obj: Any) -> None:
-    """json.dump to a temporary file next to `path`, then os.replace."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """json.dump (indent 2) to `path` atomically."""
+    from bertperf.utils.atomic import atomic_write_json
+
+    atomic_write_json(path, obj, indent=2)
 
 
 def _check_field_names(kw: dict[str, Any], where: str) -> None:

@@ -13,11 +13,11 @@ A bench result file is one JSON object:
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 from typing import Any, Iterable, Mapping
+
+from bertperf.utils.atomic import atomic_write_json
 
 
 def cpu_model() -> str:
@@ -90,12 +90,4 @@ def write_bench_json(path: str | os.PathLike, bench: str, title: str, rows: Iter
     """Write a bench result file (format in the module docstring) atomically."""
     doc = {"bench": bench, "title": title, "machine": dict(machine or machine_info()),
            "rows": [dict(r) for r in rows], "notes": list(notes)}
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_json(path, doc, indent=2)

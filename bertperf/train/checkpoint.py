@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from bertperf.train.engine import barrier
+from bertperf.utils.atomic import atomic_path, atomic_write_text
 from bertperf.utils.errors import BertperfError, run_cli
 
 log = logging.getLogger(__name__)
@@ -63,21 +64,12 @@ def tag_for_step(step: int) -> str:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ---------------------------------------------------------------------------------------------- RNG
