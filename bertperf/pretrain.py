@@ -481,7 +481,7 @@ def train(run: Run) -> int:
                  first_step, step, t_end - t_start, seq_per_s, summary["tflops"], first_row.loss, last_row.loss,
                  f"; {guard.skipped_total} steps skipped for a NaN/Inf loss" if guard.skipped_total else "")
     with collective_failures(peers, reporting):
-        eng.barrier()
+        eng.shutdown_distributed()
     return 0
 
 

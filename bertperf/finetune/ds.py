@@ -142,7 +142,7 @@ def run_deepspeed(job: Any, a: argparse.Namespace, cfg: FinetuneConfig, vocab: s
 
     from bertperf.finetune.cli import build_model, finish, train_job
     from bertperf.train.engine import barrier, detect_placement, init_distributed, initialize, quiet_deepspeed, \
-        set_threads
+        set_threads, shutdown_distributed
 
     if job.train is None:
         raise BertperfError("--deepspeed_config needs training data")
@@ -171,9 +171,11 @@ def run_deepspeed(job: Any, a: argparse.Namespace, cfg: FinetuneConfig, vocab: s
     stepper = DeepSpeedStepper(engine, sched, placement.rank, placement.world_size, shadow)
     summary = train_job(job, engine.module, cfg, a.output_dir, vocab, stepper=stepper, shard_eval=True)
     barrier()
-    if not placement.is_main:
-        return None
-    results: dict[str, Any] = {"train": summary,
-                               "deepspeed": {"world_size": placement.world_size, "zero_stage": stage,
-                                             "bf16": cfg.bf16, "global_batch": cfg.batch_size}}
-    return finish(job, shadow, cfg, a.output_dir, results)
+    out = None
+    if placement.is_main:
+        results: dict[str, Any] = {"train": summary,
+                                   "deepspeed": {"world_size": placement.world_size, "zero_stage": stage,
+                                                 "bf16": cfg.bf16, "global_batch": cfg.batch_size}}
+        out = finish(job, shadow, cfg, a.output_dir, results)
+    shutdown_distributed()  # the other ranks wait here while rank 0 writes the results
+    return out

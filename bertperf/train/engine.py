@@ -147,3 +147,16 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Every rank: wait for the others, then destroy the process group.
+
+    A rank that exits with its gloo process group alive can abort at interpreter exit ("terminate
+    called without an active exception": the group's threads are still joinable) while a peer is
+    still working; so every entry point calls this on every rank before it returns."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -283,5 +283,5 @@ def train_pipeline(run: Any) -> int:
         log.info("done: steps %d -> %d in %.1f s; %.1f seq/s, %.4f TFLOP/s after the first step; loss %.4f -> %.4f",
                  first_step, step, t_end - t_start, seq_per_s, summary["tflops"],
                  summary["loss_first"] or math.nan, summary["loss_last"] or math.nan)
-    eng.barrier()
+    eng.shutdown_distributed()
     return 0
