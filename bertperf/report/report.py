@@ -160,7 +160,11 @@ def plot_runs(runs: list[RunLog], key: str, ylabel: str) -> bytes | None:
 
 def _bars(labels: list[str], groups: dict[str, list[float]], ylabel: str, title: str = "",
           baseline: float | None = None, horizontal: bool = False) -> bytes:
-    plt, fig, ax = _figure(max(6.4, 0.5 * len(labels) * max(1, len(groups))), 3.8)
+    extent = 0.3 * len(labels) * max(1, len(groups)) ** 0.5
+    if horizontal:  # one row per label: grow downwards
+        plt, fig, ax = _figure(8.0, max(3.6, extent + 1.0))
+    else:
+        plt, fig, ax = _figure(max(6.4, 0.5 * len(labels) * max(1, len(groups))), 3.8)
     n = max(1, len(groups))
     width = 0.8 / n
     for k, (gname, values) in enumerate(groups.items()):
