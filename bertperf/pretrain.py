@@ -335,7 +335,7 @@ def train(run: Run) -> int:
     from bertperf.train import checkpoint as ckpt
     from bertperf.train import engine as eng
     from bertperf.train import faults
-    from bertperf.train.metrics import MetricsSinks, MetricsWindow, window_row
+    from bertperf.train.metrics import MetricsSinks, MetricsWindow, run_summary, throughput, window_row, write_summary
     from bertperf.train.optimizers import build_optimizer
 
     args, placement, setup, config = run.args, run.placement, run.setup, run.config
@@ -457,26 +457,18 @@ def train(run: Run) -> int:
         weights = ckpt.fp32_state_dict(engine, run.ckpt_dir, tag, setup.zero_stage, setup.bf16)
         ckpt.export_hf(BertForPreTraining, config, weights, hf_dir, args.vocab)
         log.info("exported the model in Hugging Face layout to %s", hf_dir)
-        # throughput from the end of the first step (which includes warm-up) to the end of training
-        if seqs_after_first:
-            seq_per_s = seqs_after_first / (t_end - t_after_first)
-        else:
-            seq_per_s = (step - first_step) * setup.global_batch / (t_end - t_start)
-        fps = flops_per_seq(masked_total / seqs_total if seqs_total else 0.0)
-        summary = {
-            "steps": [first_step, step], "samples": samples, "train_seconds": round(t_end - t_start, 2),
-            "seq_per_s": round(seq_per_s, 2), "tflops": round(fps * seq_per_s / 1e12, 5), "flops_per_sequence": fps,
-            "loss_first": first_row.loss, "loss_last": last_row.loss, "mlm_acc_last": last_row.mlm_acc,
-            "nsp_acc_last": last_row.nsp_acc, "world_size": placement.world_size, "threads_per_rank": threads,
-            "zero_stage": setup.zero_stage, "bf16": setup.bf16, "global_batch": setup.global_batch,
-            "seq_length": loader.seq_length, "model_config": args.model_config, "log_every": args.log_every,
-            "skipped_steps": guard.skipped_total,
-            "paths": {"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
-                      "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},
-        }
-        with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
+        seq_per_s = throughput(seqs_after_first, t_after_first, step - first_step, setup.global_batch,
+                               t_start, t_end)
+        summary = run_summary(
+            first_step=first_step, step=step, samples=samples, seconds=t_end - t_start, seq_per_s=seq_per_s,
+            flops_per_sequence=flops_per_seq(masked_total / seqs_total if seqs_total else 0.0),
+            first_row=first_row, last_row=last_row,
+            paths={"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
+                   "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},
+            world_size=placement.world_size, threads_per_rank=threads, zero_stage=setup.zero_stage, bf16=setup.bf16,
+            global_batch=setup.global_batch, seq_length=loader.seq_length, model_config=args.model_config,
+            log_every=args.log_every, skipped_steps=guard.skipped_total)
+        write_summary(args.output_dir, summary)
         log.info("done: steps %d -> %d in %.1f s; %.1f seq/s, %.4f TFLOP/s after the first step; loss %.4f -> %.4f%s",
                  first_step, step, t_end - t_start, seq_per_s, summary["tflops"], first_row.loss, last_row.loss,
                  f"; {guard.skipped_total} steps skipped for a NaN/Inf loss" if guard.skipped_total else "")

@@ -156,3 +156,34 @@ class MetricsSinks:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def throughput(seqs_after_first: float, t_after_first: float, steps: int, global_batch: int,
+               t_start: float, t_end: float) -> float:
+    """Global sequences/s from the end of the first step (which pays for lazy initialization) to the
+    end of training; over the whole run when it had a single step."""
+    if seqs_after_first:
+        return seqs_after_first / (t_end - t_after_first)
+    return steps * global_batch / (t_end - t_start)
+
+
+def run_summary(*, first_step: int, step: int, samples: int, seconds: float, seq_per_s: float,
+                flops_per_sequence: float, first_row: MetricsRow | None, last_row: MetricsRow | None,
+                paths: dict[str, str], **settings: Any) -> dict[str, Any]:
+    """The content of summary.json: steps, throughput, first/last logged loss and accuracies,
+    `paths`, then the run's `settings` (world size, ZeRO stage, ...) as given."""
+    return {
+        "steps": [first_step, step], "samples": samples, "train_seconds": round(seconds, 2),
+        "seq_per_s": round(seq_per_s, 2), "tflops": round(flops_per_sequence * seq_per_s / 1e12, 5),
+        "flops_per_sequence": flops_per_sequence,
+        "loss_first": first_row.loss if first_row else None, "loss_last": last_row.loss if last_row else None,
+        "mlm_acc_last": last_row.mlm_acc if last_row else None, "nsp_acc_last": last_row.nsp_acc if last_row else None,
+        **settings, "paths": paths,
+    }
+
+
+def write_summary(output_dir: str, summary: dict[str, Any]) -> None:
+    """summary.json in `output_dir`, written atomically."""
+    from bertperf.utils.atomic import atomic_write_json
+
+    atomic_write_json(os.path.join(output_dir, "summary.json"), summary, indent=2)

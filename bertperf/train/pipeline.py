@@ -28,7 +28,6 @@ What differs from the data-parallel path of `bertperf.pretrain.train`:
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -137,7 +136,7 @@ def train_pipeline(run: Any) -> int:
     from bertperf.train import checkpoint as ckpt
     from bertperf.train import engine as eng
     from bertperf.train import faults
-    from bertperf.train.metrics import MetricsSinks, MetricsWindow, window_row
+    from bertperf.train.metrics import MetricsSinks, MetricsWindow, run_summary, throughput, window_row, write_summary
     from bertperf.train.optimizers import build_optimizer
     from bertperf.train.sampler import SamplerState
 
@@ -259,27 +258,19 @@ def train_pipeline(run: Any) -> int:
                         "optimizer states of the checkpoint)")
         ckpt.export_hf(BertForPreTraining, config, pipeline_checkpoint_weights(ckpt_path, layers), hf_dir, args.vocab)
         log.info("exported the model in Hugging Face layout to %s", hf_dir)
-        if seqs_after_first:
-            seq_per_s = seqs_after_first / (t_end - t_after_first)
-        else:
-            seq_per_s = (step - first_step) * setup.global_batch / (t_end - t_start)
-        fps = flops_per_seq(masked_total / seqs_total if seqs_total else 0.0)
-        summary = {
-            "steps": [first_step, step], "samples": samples, "train_seconds": round(t_end - t_start, 2),
-            "seq_per_s": round(seq_per_s, 2), "tflops": round(fps * seq_per_s / 1e12, 5), "flops_per_sequence": fps,
-            "loss_first": first_row.loss if first_row else None, "loss_last": last_row.loss if last_row else None,
-            "mlm_acc_last": last_row.mlm_acc if last_row else None,
-            "nsp_acc_last": last_row.nsp_acc if last_row else None, "world_size": placement.world_size,
-            "pipeline_stages": stages, "data_parallel": dp, "partition": stage_partition(config, stages),
-            "threads_per_rank": threads, "zero_stage": setup.zero_stage, "bf16": setup.bf16,
-            "global_batch": setup.global_batch, "micro_batches": setup.grad_accum,
-            "seq_length": dataset.seq_length, "model_config": args.model_config, "log_every": args.log_every,
-            "paths": {"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
-                      "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},
-        }
-        with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
+        seq_per_s = throughput(seqs_after_first, t_after_first, step - first_step, setup.global_batch,
+                               t_start, t_end)
+        summary = run_summary(
+            first_step=first_step, step=step, samples=samples, seconds=t_end - t_start, seq_per_s=seq_per_s,
+            flops_per_sequence=flops_per_seq(masked_total / seqs_total if seqs_total else 0.0),
+            first_row=first_row, last_row=last_row,
+            paths={"checkpoint": ckpt_path, "hf": hf_dir, "metrics_csv": sinks.csv_path,
+                   "tensorboard": sinks.tb_dir, "data_dir": args.data_dir},
+            world_size=placement.world_size, pipeline_stages=stages, data_parallel=dp,
+            partition=stage_partition(config, stages), threads_per_rank=threads, zero_stage=setup.zero_stage,
+            bf16=setup.bf16, global_batch=setup.global_batch, micro_batches=setup.grad_accum,
+            seq_length=dataset.seq_length, model_config=args.model_config, log_every=args.log_every)
+        write_summary(args.output_dir, summary)
         log.info("done: steps %d -> %d in %.1f s; %.1f seq/s, %.4f TFLOP/s after the first step; loss %.4f -> %.4f",
                  first_step, step, t_end - t_start, seq_per_s, summary["tflops"],
                  summary["loss_first"] or math.nan, summary["loss_last"] or math.nan)
