@@ -76,3 +76,24 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
             noise = torch.randn(p.shape, generator=gen) * 0.05
             is_ln_weight = p.dim() == 1 and ("norm" in name.lower()) and name.endswith("weight")
             p.copy_(1.0 + noise if is_ln_weight else noise)
+
+
+def pretraining_batch(b: int, s: int, lengths: list[int], vocab: int, seed: int = 1):
+    """A padded pre-training batch (ids, segments, mask, up to 6 masked positions per row with
+    labels, NSP labels) with rows of the given real lengths, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    ids, seg, mask = random_batch(gen, b, s, vocab, lengths)
+    counts = [max(1, min(5, n // 3)) for n in lengths]
+    pos = random_positions(gen, lengths, 6, counts)
+    labels = torch.randint(1, vocab, pos.shape, generator=gen) * (pos > 0)
+    nsp = torch.randint(0, 2, (b,), generator=gen)
+    return ids, seg, mask, pos, labels, nsp
+
+
+def loss_and_grads(model: torch.nn.Module, batch, autocast: bool = False):
+    """One forward (bf16 autocast if asked) and backward of `model` on `batch`: (output, {name: grad})."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(*batch)
+    out.loss.backward()
+    return out, {n: p.grad.detach().clone() for n, p in model.named_parameters()}

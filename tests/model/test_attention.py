@@ -15,7 +15,7 @@ from bertperf.model import BertConfig, BertModel
 from bertperf.model.bert import attention, attention_mask_bias
 from bertperf.model.heads import BertForPreTraining
 from bertperf.utils.errors import BertperfError
-from tests.model.conftest import perturb_, random_batch, random_positions
+from tests.model.conftest import loss_and_grads, perturb_, pretraining_batch
 
 VOCAB = 1000
 
@@ -31,21 +31,10 @@ def _model(backend: str, impl: str, dropout: float = 0.0, seed: int = 0) -> Bert
 
 
 def _batch(b: int, s: int, lengths: list[int], seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    ids, seg, mask = random_batch(gen, b, s, VOCAB, lengths)
-    counts = [max(1, min(5, n // 3)) for n in lengths]
-    pos = random_positions(gen, lengths, 6, counts)
-    labels = torch.randint(1, VOCAB, pos.shape, generator=gen) * (pos > 0)
-    nsp = torch.randint(0, 2, (b,), generator=gen)
-    return ids, seg, mask, pos, labels, nsp
+    return pretraining_batch(b, s, lengths, VOCAB, seed)
 
 
-def _run(model: BertForPreTraining, batch, autocast: bool = False):
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        out = model(*batch)
-    out.loss.backward()
-    return out, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+_run = loss_and_grads
 
 
 def _assert_same(out_f, g_f, out_r, g_r) -> None:

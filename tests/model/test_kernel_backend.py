@@ -21,7 +21,7 @@ import torch
 from bertperf.model import BertConfig
 from bertperf.model.heads import BertForPreTraining
 from bertperf.utils.errors import BertperfError
-from tests.model.conftest import perturb_, random_batch, random_positions
+from tests.model.conftest import loss_and_grads, perturb_, pretraining_batch
 
 VOCAB = 1000
 
@@ -43,22 +43,10 @@ def _pair(backend: str, dropout: float = 0.0, seed: int = 0, **kw):
 
 
 def _batch(b: int, s: int, lengths: list[int], seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    ids, seg, mask = random_batch(gen, b, s, VOCAB, lengths)
-    counts = [max(1, min(5, n // 3)) for n in lengths]
-    pos = random_positions(gen, lengths, 6, counts)
-    labels = torch.randint(1, VOCAB, pos.shape, generator=gen) * (pos > 0)
-    nsp = torch.randint(0, 2, (b,), generator=gen)
-    return ids, seg, mask, pos, labels, nsp
+    return pretraining_batch(b, s, lengths, VOCAB, seed)
 
 
-def _run(model: BertForPreTraining, batch, autocast: bool = False):
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        out = model(*batch)
-    out.loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    return out, grads
+_run = loss_and_grads
 
 
 SHAPES = [(3, 37, [37, 20, 9]), (1, 5, [5]), (5, 16, [16, 16, 3, 11, 2])]
