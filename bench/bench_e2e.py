@@ -169,12 +169,14 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
     cfg = BertConfig.preset(model, kernel_backend=args.kernel_backend, max_position_embeddings=max(512, seq))
     batch = make_batch(cfg.vocab_size, args.batch, seq, masked)
     builders = {"bertperf": build_bertperf, "hf": build_hf}
+    torch._dynamo.reset()  # a fresh cache per case (the previous case's graphs are of other shapes)
     contenders: list[Contender] = []
     for name in args.frameworks:
         for mode in args.modes:
             for precision in args.precisions:
                 torch.manual_seed(0)
-                torch._dynamo.reset()
+                # no torch._dynamo.reset() here: it would drop the graphs compiled for the contenders
+                # built before, which then recompile inside the timed rounds
                 c = Contender(name, mode, precision, builders[name](cfg, batch, mode, precision, 1e-4))
                 t = time.perf_counter()
                 for _ in range(args.warmup):
