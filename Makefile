@@ -64,11 +64,13 @@ test: setup
 	@$(PY) -m pytest -q tests
 
 # bench (not in CI; tens of minutes, wants a quiet machine): the end-to-end matrix (bertperf vs
-# Hugging Face), the kernel benches, then the report (bench/results/ -> bench/report/).
+# Hugging Face), the kernel benches, 1 -> 2 rank scaling of real pre-training runs, then the report
+# (bench/results/ + bench/runs/scaling/ -> bench/report/).
 bench: setup
 	@$(PY) bench/bench_e2e.py --json bench/results/e2e.json
 	@$(PY) bench/bench_kernels.py
-	@$(PY) -m bertperf.report.report bench/results --out bench/report
+	@$(PY) bench/bench_scaling.py --out bench/runs/scaling
+	@$(PY) -m bertperf.report.report bench/results bench/runs/scaling/ranks1 bench/runs/scaling/ranks2 --out bench/report
 
 clean:
 	rm -rf $(VENV) build *.egg-info bertperf/*.so .cache runs
