@@ -8,6 +8,8 @@ On CPU `--num_gpus N` means N ranks (gloo). The arguments are those of `bertperf
 (`bertperf.finetune.cli`); `--deepspeed_config` selects the DeepSpeed engine
 (`bertperf.finetune.ds`: ZeRO 0-2, bf16, sharded evaluation, best checkpoint and early stopping
 as in the plain run). Imports resolve to the package `bertperf/finetune/`, not this file.
+After a DeepSpeed run every rank ends with os._exit once its outputs are flushed (see
+`bertperf.train.engine.end_process_after_distributed_run`: interpreter teardown could abort a rank).
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from bertperf.train.engine import end_process_after_distributed_run
     from bertperf.utils.errors import run_cli
 
-    sys.exit(run_cli(lambda: main(), prog="bertperf finetune"))
+    code = run_cli(lambda: main(), prog="bertperf finetune")
+    # A DeepSpeed run leaves gloo threads that must not meet interpreter teardown: every rank
+    # ends here with os._exit once its outputs are flushed (bertperf.train.engine.end_process_after_distributed_run).
+    end_process_after_distributed_run(code)
+    sys.exit(code)

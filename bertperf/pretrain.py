@@ -505,4 +505,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda: main(), prog=PROG))
+    from bertperf.train.engine import end_process_after_distributed_run
+
+    _code = run_cli(lambda: main(), prog=PROG)
+    # after a distributed run every rank ends without interpreter teardown, where gloo's threads
+    # could abort it (end_process_after_distributed_run says why)
+    end_process_after_distributed_run(_code)
+    sys.exit(_code)

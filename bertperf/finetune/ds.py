@@ -22,6 +22,27 @@ stopping is decided identically everywhere. The best weights are collected in fp
 fp32 masters under bf16 / ZeRO, `safe_get_full_fp32_param`, a collective), copied into a plain
 fp32 copy of the model kept on rank 0, and saved from there to `<output_dir>/best`; rank 0 then
 scores dev and writes the predictions with that copy, as the plain run does.
+
+Process exit: a process that ran this must end without interpreter teardown
+(`bertperf.train.engine.end_process_after_distributed_run`, called by `bertperf/finetune.py` on
+every rank once the outputs are written). Otherwise a rank can abort after its work is done with "terminate called
+without an active exception" (SIGABRT; the launcher exits 250). The mechanism, traced with gdb on
+torch 2.13 / DeepSpeed 0.19.8 / CPython 3.11:
+- gloo process groups keep their worker threads (`pt_gloo_runloop`) until their C++ object is
+  destroyed. `destroy_process_group()` does not stop them (gloo's `shutdown()`/`abort()` leave
+  the threads running) and DeepSpeed keeps references to the groups (`deepspeed.utils.groups`,
+  each parameter's `_dp_group`, the engine), so they live on into interpreter teardown.
+- a worker drops the last reference to each finished collective (`~AsyncWork`). When its tensors
+  were created in Python and Python let go of them first, that release runs Python code and
+  takes the GIL inside the C++ destructor (runLoop -> ~AsyncWork -> TensorImpl::decref_pyobject
+  -> THPVariable_dealloc -> PyEval_RestoreThread; dozens of times per run on rank 1, the last
+  ones just before the final barriers).
+- once CPython has begun finalizing, a thread taking the GIL is ended with pthread_exit(); its
+  forced unwinding cannot cross the noexcept destructor, so std::terminate aborts the process
+  with exactly that message.
+The aborting CI runs themselves were not captured (none in 51 runs here), so which release hit
+that window there is not known. os._exit after flushing skips the teardown: no thread is then
+told to exit while it is inside C++.
 """
 from __future__ import annotations
 
@@ -139,9 +160,8 @@ class DeepSpeedStepper:
 
 def run_deepspeed(job: Any, a: argparse.Namespace, cfg: FinetuneConfig, vocab: str, vocab_size: int) -> dict | None:
     """Train `job` under DeepSpeed on every rank; rank 0 scores and writes the outputs and
-    returns eval_results, the other ranks return None."""
-    import os
-
+    returns eval_results, the other ranks return None. The caller must end the process with
+    `bertperf.train.engine.end_process_after_distributed_run` (module doc, "Process exit")."""
     from bertperf.finetune.cli import build_model, finish, train_job
     from bertperf.train.engine import barrier, detect_placement, init_distributed, initialize, quiet_deepspeed, \
         set_threads, shutdown_distributed
@@ -180,12 +200,4 @@ def run_deepspeed(job: Any, a: argparse.Namespace, cfg: FinetuneConfig, vocab: s
                                                  "bf16": cfg.bf16, "global_batch": cfg.batch_size}}
         out = finish(job, shadow, cfg, a.output_dir, results)
     shutdown_distributed()  # the other ranks wait here while rank 0 writes the results
-    if not placement.is_main:
-        # Workaround: a non-main rank sometimes aborts in interpreter teardown ("terminate called
-        # without an active exception", exit 250; 1 fresh-clone test run in 3) even after the
-        # process group is destroyed; the thread behind it is not identified yet. Its work is done
-        # and flushed, so it leaves without the teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return out

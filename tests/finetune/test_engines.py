@@ -123,6 +123,25 @@ def test_deepspeed_two_ranks_zero2_follows_the_plain_run(task, plain_run, tmp_pa
     assert res["dev"] == json.loads((plain_run / "eval_results.json").read_text())["dev"]
 
 
+def test_a_rank_ends_without_interpreter_teardown(tmp_path):
+    """After a distributed run the entry points end the process with os._exit
+    (bertperf.train.engine.end_process_after_distributed_run): the exit code is kept, output is
+    flushed, and no atexit handler (the interpreter teardown) runs. Without a run the call returns
+    and teardown happens as usual."""
+    code = ("import atexit, sys\n"
+            "from bertperf.train import engine\n"
+            "atexit.register(lambda: print('teardown'))\n"
+            "engine.end_process_after_distributed_run(5)\n"
+            "print('still here', end='')\n"
+            "engine._distributed_started = True\n"
+            "sys.stdout.write(' and flushed')\n"
+            "engine.end_process_after_distributed_run(3)\n"
+            "print('not reached')\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (3, "still here and flushed"), proc.stderr[-2000:]
+
+
 def _free_port() -> int:
     import socket
 
