@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"),
                    help="bench result file for `bertperf report` (default %(default)s)")
     args = p.parse_args(argv)
-    builders = [importlib.import_module(f"bench_{op}").build_cases for op in args.ops]
+    modules = [importlib.import_module(f"bench_{op}") for op in args.ops]
+    builders = [m.build_cases for m in modules]
+    notes = [n for m in modules for n in getattr(m, "NOTES", [])]
 
     def build_all(*a, **kw) -> list[Case]:
         return [case for build in builders for case in build(*a, **kw)]
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     low_bw = [r for r in rows if r.bw_frac is not None and r.bw_frac < 0.7]
     print(f"\nfwd+bwd below 1.5x eager: {len(slow)}; beyond-cache passes below 70% of the copy "
           f"bandwidth: {len(low_bw)} of {sum(r.bw_frac is not None for r in rows)}")
+    if notes:
+        print("\n" + "\n".join(notes))
     from bertperf.report.machine import write_bench_json
 
     out = [{"op": r.op, "shape": r.shape, "dtype": r.dtype, "threads": r.threads, "pass": r.pass_,
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     bw = ", ".join(f"{t} thread(s) {b:.1f} GB/s" for t, b in bandwidth.items())
     write_bench_json(args.json, "kernels", "Fused kernels against eager torch and torch.compile", out,
                      [f"copy bandwidth measured in this run: {bw}", "x_eager / x_compile = baseline time / fused "
-                      "time; targets: x_eager >= 1.5 (fwd+bwd) and >= 70% of copy bandwidth (beyond-cache rows)"])
+                      "time; targets: x_eager >= 1.5 (fwd+bwd) and >= 70% of copy bandwidth (beyond-cache rows)"]
+                     + notes)
     print(f"wrote {args.json}")
     return 0
 

@@ -250,11 +250,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def bench_main(build_cases: Callable[..., list[Case]], description: str, argv: list[str] | None = None) -> int:
-    """Common CLI: builds cases per dtype, runs them at each thread count, prints the table."""
+def bench_main(build_cases: Callable[..., list[Case]], description: str, argv: list[str] | None = None,
+               notes: list[str] | None = None) -> int:
+    """Common CLI: builds cases per dtype, runs them at each thread count, prints the table and
+    the op's `notes` (its byte arithmetic: what bounds the ratio against eager)."""
     args = parser(description).parse_args(argv)
     rows, bandwidth = collect(build_cases, args)
     print(format_table(rows, bandwidth, device()))
+    if notes:
+        print("\n" + "\n".join(notes))
     return 0
 
 

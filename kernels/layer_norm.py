@@ -133,8 +133,10 @@ def layer_norm_fwd(x, bias, residual, gamma, beta, eps):
     return y, mean, rstd
 
 
-def layer_norm_bwd(dy, x, bias, residual, gamma, mean, rstd):
-    """-> (dx, dgamma, dbeta, dbias or None); parameter grads in the parameters' dtype."""
+def layer_norm_bwd(dy, x, bias, residual, gamma, mean, rstd, y=None, beta=None):
+    """-> (dx, dgamma, dbeta, dbias or None); parameter grads in the parameters' dtype. Same
+    signature as the C++ op; y and beta (the forward's output and beta) are accepted and unused:
+    this kernel always recomputes x + bias + residual."""
     check_input(x, "layer_norm")
     cols = x.shape[-1]
     x = x.contiguous()

@@ -38,7 +38,8 @@ def _layer_norm_fwd(x: Tensor, bias: Tensor | None, residual: Tensor | None, gam
 
 
 def _layer_norm_bwd(dy: Tensor, x: Tensor, bias: Tensor | None, residual: Tensor | None,
-                    gamma: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                    gamma: Tensor, mean: Tensor, rstd: Tensor, y: Tensor | None = None,
+                    beta: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     dbias = _feature(x, bias.dtype) if bias is not None else None
     return _like(x), _feature(x, gamma.dtype), _feature(x, gamma.dtype), dbias
 

@@ -52,10 +52,8 @@ class _BiasDropoutResidualFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         (bias,) = ctx.saved_tensors
-        if ctx.p == 0.0:  # no dropout: dx is dy itself, dbias its row sum
-            dbias = None
-            if bias is not None:
-                dbias = dy.sum_to_size(bias.shape).to(bias.dtype)
+        if ctx.p == 0.0:  # no dropout: dx = dresidual = dy itself (no copy), dbias its column sum
+            dbias = dy.sum_to_size(bias.shape).to(bias.dtype) if bias is not None else None
             return dy, dbias, dy, None, None, None
         dx, dbias = kernels(ctx.backend, "bias_dropout_residual").bias_dropout_residual_bwd(
             dy, bias, ctx.p, ctx.seed)

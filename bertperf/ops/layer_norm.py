@@ -4,8 +4,12 @@
 
 x, residual: [..., H] in fp32 or bf16; bias, gamma, beta: [H]. bias and residual are optional
 (BERT's post-LN sublayer output passes the dense bias and the residual). The fused forward saves
-per-row mean and rstd (fp32) and recomputes x + bias + residual in the backward, so nothing of
-size [..., H] beyond the inputs is kept. Backends: see `bertperf.ops.backend`.
+per-row mean and rstd (fp32) and keeps references to its inputs and its output y (no copies:
+the model holds them anyway), so nothing new of size [..., H] is stored. Every backend's
+backward receives the same saved tensors; the CPU one takes xhat = (y - beta) / gamma from the
+output in fp32/fp64 (reading dy and y: 3 passes instead of 4) and recomputes x + bias + residual
+in bf16 or when some gamma is ~0 (see csrc/include/bertperf/layer_norm.h); Triton and CUDA
+always recompute. Backends: see `bertperf.ops.backend`.
 """
 from __future__ import annotations
 
@@ -45,15 +49,15 @@ class _LayerNormFn(torch.autograd.Function):
     def forward(ctx, x, gamma, beta, bias, residual, eps, backend):  # type: ignore[override]
         k = kernels(backend, "layer_norm")
         y, mean, rstd = k.layer_norm_fwd(x, bias, residual, gamma, beta, eps)
-        ctx.save_for_backward(x, gamma, bias, residual, mean, rstd)
+        ctx.save_for_backward(x, gamma, beta, bias, residual, mean, rstd, y)
         ctx.backend = backend
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x, gamma, bias, residual, mean, rstd = ctx.saved_tensors
+        x, gamma, beta, bias, residual, mean, rstd, y = ctx.saved_tensors
         k = kernels(ctx.backend, "layer_norm")
-        dx, dgamma, dbeta, dbias = k.layer_norm_bwd(dy, x, bias, residual, gamma, mean, rstd)
+        dx, dgamma, dbeta, dbias = k.layer_norm_bwd(dy, x, bias, residual, gamma, mean, rstd, y, beta)
         dres = dx if residual is not None else None
         return dx, dgamma, dbeta, dbias, dres, None, None
 

@@ -1,6 +1,9 @@
 // torch bindings for layer_norm (see bertperf/layer_norm.h for the math and shapes).
 //   layer_norm_fwd(x, bias?, residual?, gamma, beta, eps) -> (y, mean, rstd)
-//   layer_norm_bwd(dy, x, bias?, residual?, gamma, mean, rstd) -> (dx, dgamma, dbeta, dbias?)
+//   layer_norm_bwd(dy, x, bias?, residual?, gamma, mean, rstd, y?, beta?)
+//     -> (dx, dgamma, dbeta, dbias?)
+// y and beta (the forward's output and beta, both or neither) let the CPU backward take xhat from
+// y instead of recomputing x + bias + residual (see bertperf/layer_norm.h); results agree either way.
 // Statistics are in the math type (fp32; fp64 for fp64 input). dgamma/dbeta come back in gamma's
 // dtype and dbias in bias's; dx doubles as dresidual.
 #include "common.h"
@@ -59,7 +62,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_fwd(const Tensor& x_in, const OptT
 
 std::tuple<Tensor, Tensor, Tensor, OptTensor> layer_norm_bwd(
     const Tensor& dy_in, const Tensor& x_in, const OptTensor& bias, const OptTensor& residual,
-    const Tensor& gamma, const Tensor& mean_in, const Tensor& rstd_in) {
+    const Tensor& gamma, const Tensor& mean_in, const Tensor& rstd_in, const OptTensor& y_in,
+    const OptTensor& beta_in) {
   const int64_t cols = last_dim(x_in, kBwd);
   const Tensor x = x_in.contiguous();
   const int64_t rows = x.numel() / cols;
@@ -75,6 +79,11 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> layer_norm_bwd(
               "] statistics returned by layer_norm_fwd for this input");
   const Tensor mean = mean_in.contiguous();
   const Tensor rstd = rstd_in.contiguous();
+  TORCH_CHECK(y_in.has_value() == beta_in.has_value(),
+              "bertperf.layer_norm_bwd: pass both `y` and `beta` (the forward's output and beta) "
+              "or neither");
+  const Tensor y = y_in.has_value() ? like(*y_in, x, kBwd, "y") : Tensor();
+  const Tensor be = beta_in.has_value() ? param_acc(*beta_in, cols, x, kBwd, "beta") : Tensor();
 
   Tensor dx = at::empty_like(x);
   const auto f32 = x.options().dtype(acc_type(x));
@@ -94,6 +103,8 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> layer_norm_bwd(
   a.dgamma = dgamma.data_ptr();
   a.dbeta = dbeta.data_ptr();
   a.dbias = ptr_or_null(dbias);
+  a.y = y.defined() ? y.data_ptr() : nullptr;
+  a.beta = be.defined() ? be.data_ptr() : nullptr;
   a.rows = rows;
   a.cols = cols;
   a.dtype = dtype;
@@ -120,7 +131,8 @@ TORCH_LIBRARY_FRAGMENT(bertperf, m) {
   m.def("layer_norm_fwd(Tensor x, Tensor? bias, Tensor? residual, Tensor gamma, Tensor beta, "
         "float eps) -> (Tensor, Tensor, Tensor)");
   m.def("layer_norm_bwd(Tensor dy, Tensor x, Tensor? bias, Tensor? residual, Tensor gamma, "
-        "Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor?)");
+        "Tensor mean, Tensor rstd, Tensor? y=None, Tensor? beta=None) -> (Tensor, Tensor, Tensor, "
+        "Tensor?)");
 }
 #endif
 

@@ -34,7 +34,7 @@ BP_HD void softmax_fwd_rows(const SoftmaxFwdArgs* a, int64_t r0, int64_t r1, acc
     }
     const A mx = cpu::row_max(buf, cols);
 #pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) buf[j] = fast_exp(buf[j] - mx);
+    for (int64_t j = 0; j < cols; ++j) buf[j] = fast_exp_nonpositive(buf[j] - mx);  // args <= 0
     const A sum = cpu::row_sum(buf, cols);
     const A inv = A(1) / sum;
     T* yr = static_cast<T*>(a->y) + r * cols;

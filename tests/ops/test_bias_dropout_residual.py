@@ -91,3 +91,26 @@ def test_bias_dropout_residual_cpu_isa_variants_agree(dtype):
     for level, outs in results.items():
         for o, r, t in zip(outs, ref, lowp):
             assert_matches(o, r, t, dtype, f"isa level {level}", grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_p0_dbias_for_contiguous_and_expanded_gradients(dtype):
+    """p = 0: dbias is the column sum of dy both for a contiguous dy and for the expanded
+    gradient of y.sum(); dx and dresidual are the same tensor (dy, no copy)."""
+    g = torch.Generator().manual_seed(3)
+    x, r = (torch.randn(3, 5, 96, generator=g).to(dtype) for _ in range(2))
+    bias = torch.randn(96, generator=g).to(dtype)
+    dy = torch.randn(3, 5, 96, generator=g).to(dtype)
+    for how in ("contiguous", "expanded"):
+        xl, bl, rl = (t.clone().requires_grad_() for t in (x, bias, r))
+        y = bias_dropout_residual(xl, bl, rl, 0.0, backend="cpu")
+        if how == "contiguous":
+            y.backward(dy)
+            want = dy.double().sum((0, 1))
+        else:
+            y.sum().backward()
+            want = torch.full((96,), 15.0, dtype=torch.float64)
+        # fp32: the suite's gradient tolerance; bf16: one bf16 ulp of the largest sum (one rounding)
+        tol = 1e-4 if dtype == torch.float32 else 2.0**-7 * want.abs().max().item()
+        assert (bl.grad.double() - want).abs().max().item() <= tol, how
+        assert torch.equal(xl.grad, rl.grad), how

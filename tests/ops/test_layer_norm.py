@@ -103,3 +103,62 @@ def test_layer_norm_input_errors_name_the_argument():
         layer_norm(x, gamma, beta, residual=torch.randn(2, 9), backend="cpu")
     with pytest.raises(RuntimeError, match="must be float32, bfloat16 or float64"):
         layer_norm(x.half(), gamma, beta, backend="cpu")
+
+
+def _fallback_params(h, dtype, kind):
+    """gamma/beta for which y no longer determines xhat in some column: a zero gamma, or a beta
+    more than 16x its gamma (the CPU backward must then recompute x + bias + residual)."""
+    g = torch.Generator().manual_seed(1)
+    gamma = 1 + 0.1 * torch.randn(h, generator=g)
+    beta = 0.1 * torch.randn(h, generator=g)
+    if kind == "zero-gamma":
+        gamma[h // 2] = 0.0
+    else:
+        gamma[h // 2] = 1e-3
+        beta[h // 2] = 0.5
+    return gamma.to(dtype), beta.to(dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (4, 768), (2, 3, 771)], ids=str)
+@pytest.mark.parametrize("kind", ["zero-gamma", "big-beta"])
+def test_layer_norm_cpu_backward_falls_back_when_gamma_not_invertible(shape, kind):
+    """fp32 CPU backward: xhat from y when every column is invertible, else recomputed from
+    x + bias + residual; both paths against the fp64 reference, zero gamma included."""
+    x, res, bias, _, _, dy = _inputs(shape, torch.float32, True, True)
+    gamma, beta = _fallback_params(shape[-1], torch.float32, kind)
+    ours = _run(lambda *a: layer_norm(*a, eps=EPS, backend="cpu"), x, res, bias, gamma, beta, dy)
+    ref = _run(lambda *a: layer_norm_ref(*a, eps=EPS, upcast=True), x, res, bias, gamma, beta, dy,
+               dtype=torch.float64)
+    names = ["y", "dx", "dresidual", "dbias", "dgamma", "dbeta"]
+    for name, o, r in zip(names, ours, ref):
+        assert torch.isfinite(o).all(), f"{kind} {name}: non-finite values"
+        assert_matches(o, r, None, torch.float32, f"{kind} {name}",
+                       grad=name in ("dbias", "dgamma", "dbeta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("with_bias,with_res", [(True, True), (False, False), (False, True)],
+                         ids=["bias+res", "plain", "res"])
+def test_layer_norm_cpu_backward_from_output_matches_recompute(dtype, with_bias, with_res):
+    """The op-level contract: passing (y, beta) changes how xhat is obtained, not the result."""
+    x, res, bias, gamma, beta, dy = _inputs((5, 771), dtype, with_bias, with_res)
+    ops = torch.ops.bertperf
+    y, mean, rstd = ops.layer_norm_fwd(x, bias, res, gamma, beta, EPS)
+    recompute = ops.layer_norm_bwd(dy, x, bias, res, gamma, mean, rstd)
+    from_y = ops.layer_norm_bwd(dy, x, bias, res, gamma, mean, rstd, y, beta)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    for a, b in zip(recompute, from_y):
+        if a is None:
+            assert b is None
+            continue
+        torch.testing.assert_close(b, a, **tol)
+    with pytest.raises(RuntimeError, match="pass both `y` and `beta`"):
+        ops.layer_norm_bwd(dy, x, bias, res, gamma, mean, rstd, y, None)
+
+
+@pytest.mark.parametrize("kind", ["zero-gamma", "big-beta"])
+def test_layer_norm_cpu_gradcheck_fp64_fallback(kind):
+    x, res, bias, _, _, _ = _inputs((3, 7), torch.float64, True, True)
+    gamma, beta = _fallback_params(7, torch.float64, kind)
+    args = [leaf(t) for t in (x, gamma, beta, bias, res)]
+    assert torch.autograd.gradcheck(lambda *a: layer_norm(*a, eps=1e-5, backend="cpu"), args)

@@ -23,7 +23,15 @@ def _outputs():
     m[1, ..., 100:] = torch.finfo(torch.float32).min
     y, probs = K.softmax_fwd(s, m, 0.3, 0.1, 9)
     y0, _ = K.softmax_fwd(s, m, 0.3, 0.0, 9)
+    gamma = 1 + 0.1 * torch.randn(1031, generator=g)
+    beta = 0.1 * torch.randn(1031, generator=g)
+    ln_y, ln_mean, ln_rstd = K.layer_norm_fwd(x, b, r, gamma, beta, 1e-12)
+    ln_y0, ln_mean0, ln_rstd0 = K.layer_norm_fwd(x, None, None, gamma, beta, 1e-12)
     return {
+        "layer_norm_fwd bias+res": (ln_y, ln_mean, ln_rstd),
+        "layer_norm_fwd plain": ln_y0,
+        "layer_norm_bwd bias+res": K.layer_norm_bwd(dy, x, b, r, gamma, ln_mean, ln_rstd, ln_y, beta),
+        "layer_norm_bwd plain": K.layer_norm_bwd(dy, x, None, None, gamma, ln_mean0, ln_rstd0),
         "gelu_fwd erf": K.bias_gelu_fwd(x, b, "none"),
         "gelu_fwd tanh, no bias": K.bias_gelu_fwd(x, None, "tanh"),
         "gelu_bwd erf": K.bias_gelu_bwd(dy, x, b, "none"),

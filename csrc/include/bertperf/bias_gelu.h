@@ -25,6 +25,22 @@ BP_HD A gelu_erf_grad(A v) {
   return cdf + v * pdf;
 }
 
+// fp32 (CPU): Phi from the pdf's exp (normal_lower_tail) instead of a second fast_erf: ~20%
+// fewer vector ops per element in the backward, which is compute-bound in cache. Absolute error
+// < 4e-7 over the whole float range; +-inf give NaN (as torch's gelu_backward), NaN gives NaN.
+template <>
+BP_HD float gelu_erf_grad<float>(float v) {
+#if defined(__CUDA_ARCH__)
+  const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752440f));
+  return cdf + v * expf(-0.5f * v * v) * 0.39894228040143267794f;
+#else
+  const float e = fast_exp_nonpositive(-0.5f * v * v);
+  const float lower = normal_lower_tail(__builtin_fabsf(v), e);  // Phi(-|v|)
+  const float cdf = v >= 0.0f ? 1.0f - lower : lower;
+  return cdf + v * e * 0.39894228040143267794f;
+#endif
+}
+
 template <typename A>
 BP_HD A gelu_tanh(A v) {
   const A u = A(0.79788456080286535588) * (v + A(0.044715) * v * v * v);

@@ -3,8 +3,13 @@
 // Shapes: x, residual, y: [rows, cols] contiguous, element type T (fp32, bf16; fp64 on the CPU);
 // bias, gamma, beta: [cols] and mean, rstd: [rows], all in A = acc_t<T> (fp32 for fp32/bf16:
 // the bindings upcast bf16 parameters, they are tiny).
-// bias and residual may be null. The forward saves mean and rstd; the backward recomputes
-// s = x + bias + residual from its inputs instead of storing s.
+// bias and residual may be null. The forward saves mean and rstd; nothing of size [rows, cols]
+// beyond the inputs and the output is kept. The backward gets xhat one of two ways:
+//   * from the output (fp32/fp64, when the caller passes y and beta and every column is
+//     invertible, see ln_output_invertible): xhat = (y - beta) / gamma. It then reads dy and y
+//     only: 3 passes over [rows, cols] (dy, y in; dx out) instead of 4;
+//   * by recomputing s = x + bias + residual (bf16, and whenever a gamma is ~0 or tiny next to
+//     its beta, where y no longer determines xhat): reads dy, x and residual.
 //
 // Backward, per row with xhat = (s - mean) * rstd and g = dy * gamma:
 //   ds = rstd * (g - mean(g) - xhat * mean(g * xhat))      (= dx = dresidual)
@@ -32,6 +37,24 @@ BP_HD A ln_xhat(A s, A mean, A rstd) {
 template <typename A>
 BP_HD A ln_output(A s, A mean, A rstd, A gamma, A beta) {
   return (s - mean) * rstd * gamma + beta;
+}
+
+// A column's output y = xhat * gamma + beta gives back xhat = (y - beta) / gamma to within
+// 2^-p (|xhat| + |beta / gamma|) for a p-bit y (p = 24 in fp32): as accurate as recomputing s
+// (2^-p (|xhat| + |mean| rstd)) as long as |beta| <= kLnMaxBetaOverGamma |gamma|. The check
+// also rejects gamma below 1e-30 (y would lose bits as a denormal) and NaN (comparisons false).
+constexpr float kLnMaxBetaOverGamma = 16.0f;
+
+template <typename A>
+BP_HD bool ln_output_invertible(A gamma, A beta) {
+  const A ag = gamma < A(0) ? -gamma : gamma;
+  const A ab = beta < A(0) ? -beta : beta;
+  return ag >= A(1e-30) && ab <= A(kLnMaxBetaOverGamma) * ag;
+}
+
+template <typename A>
+BP_HD A ln_xhat_from_output(A y, A beta, A inv_gamma) {
+  return (y - beta) * inv_gamma;
 }
 
 // ds given g = dy * gamma, the row means mean_g = mean(g) and mean_gx = mean(g * xhat).
@@ -72,6 +95,11 @@ struct LayerNormBwdArgs {
   int64_t rows, cols;
   int32_t dtype;
   int32_t num_threads;
+  // Optional (both or neither): the forward's output [rows, cols] T and beta [cols] A. When given
+  // and ln_output_invertible holds for every column, the CPU backward takes xhat from y (and does
+  // not read x, residual, bias or mean); otherwise, and always on CUDA, it recomputes s.
+  const void* y;
+  const void* beta;
 };
 
 #if !defined(__CUDACC__)
