@@ -1,16 +1,21 @@
 """End-to-end pre-training throughput: bertperf against Hugging Face transformers, same run.
 
-    python bench/bench_e2e.py                       # the full matrix (tens of minutes at base)
+    python bench/bench_e2e.py                       # the full matrix (~25 min at 2 threads, see Budget)
     python bench/bench_e2e.py --models tiny mini --modes eager --precisions fp32 --rounds 3
+    python bench/bench_e2e.py --profile bertperf eager fp32 --models tiny mini base
     make bench                                      # the full matrix, JSON in bench/results/
 
 Contenders, each a full training step (zero_grad, forward, MLM + NSP loss, backward, AdamW step)
 on the same batch with the same thread count; both use torch's fused AdamW (`fused=True`, the
 optimizer transformers' Trainer picks by default on recent torch):
 - `bertperf`: `bertperf.model.BertForPreTraining` (sparse MLM head: only the masked positions
-  reach the decoder; fused QKV; the fused kernels with `--kernel_backend`, default cpu). bf16 is
-  bertperf's own path, as DeepSpeed's bf16 mode runs it: bf16 weights and activations, fp32 master
-  weights and AdamW state, gradients copied to fp32 before the step.
+  reach the decoder; fused QKV; the fused kernels with `--kernel_backend`, default cpu, and
+  `--attention_impl`, default fused). bf16 is bertperf's own path, as DeepSpeed's bf16 mode runs
+  it: bf16 weights and activations, fp32 master weights and AdamW state, gradients copied to fp32
+  before the step and the masters back after it (`Bf16MasterAdamW`: one foreach copy each way).
+- `bertperf-unpad` (not in the default matrix): bertperf with `config.unpad` (pad tokens skipped
+  outside attention); only meaningful with padded batches (`--min_len`), e.g.
+  `--frameworks bertperf bertperf-unpad hf --min_len 32 --modes eager --no-base512`.
 - `hf`: `transformers.BertForPreTraining` (dense MLM head over every position, labels -100 where
   not masked, its default attention), torch AdamW; bf16 = `torch.autocast("cpu", bfloat16)` over
   fp32 weights (HF's documented mixed-precision route on CPU).
@@ -21,12 +26,28 @@ Timing: after warm-up the contenders run in alternating rounds (A B C D, A B C D
 `--steps` steps each, so drift in the machine's load hits all of them; each round gives one
 sequences/s figure and the table shows the median with the min and max over rounds.
 
+Defaults (the full matrix: tiny, mini, small, base at seq 128 and base at seq 512, bertperf and
+HF, eager and compiled, fp32 and bf16 = 40 contenders):
+- batch 8 at seq 128; base at seq 512 runs batch 2 (the same 1024 tokens per step);
+- steps per round: tiny 8, mini 4, small 2, base 1 (base at 512: 1), 3 rounds;
+- warm-up: 2 steps eager, 4 compiled (the first compiles; the others catch the recompilations
+  of the backward and of the optimizer step, which otherwise land in the timed rounds).
+Budget at 2 threads on a quiet machine, estimated from the per-step times: tiny ~1.5 min, mini
+~2, small ~3.5, base ~8, base@512 ~8.5 (compilation ~30-60 s per compiled contender at base),
+about 24 minutes in all. `--models`, `--modes`, `--precisions` and `--no-base512` cut it down.
+
 FLOPs: `bertperf.report.flops` (matmul FLOPs only, 3x forward, MLM head at the masked positions
-only). The same model FLOPs are credited to both contenders: HF's dense head does ~7x more MLM work
-that this count does not reward. MFU = achieved FLOP/s / the peak GEMM rate measured in this run
-(square fp32 and bf16 matmuls of `--gemm` size at the same thread count).
+only). The same model FLOPs are credited to both contenders: HF's dense head does 6.4x more MLM
+work (128 / 20 positions) that this count does not reward: 4.1x our total FLOPs at tiny, 2.4x at
+mini, 1.9x at small, 1.2x at base (seq 128). MFU = achieved FLOP/s / the peak GEMM rate measured in
+this run (square fp32 and bf16 matmuls of `--gemm` size at the same thread count); "MFU own FLOPs"
+credits each contender with the FLOPs it executes (HF: the head at every position).
 
 Writes a bench result JSON (`--json`, default bench/results/e2e.json) for `bertperf report`.
+`--profile FRAMEWORK MODE PRECISION` runs one contender per model under torch.profiler instead and
+writes the top ops (self CPU ms per step, share, calls) as a bench JSON of kind "profile"
+(default bench/results/profile-FRAMEWORK-MODE-PRECISION.json, which `bertperf report
+bench/results` plots next to e2e.json).
 """
 from __future__ import annotations
 
@@ -42,23 +63,57 @@ from typing import Callable
 import torch
 
 from bertperf.model import BertConfig
+from bertperf.model.config import ATTENTION_IMPLS
 from bertperf.model.heads import BertForPreTraining
 from bertperf.report.flops import pretrain_flops_per_sequence
 from bertperf.report.machine import write_bench_json
 
 MODELS = ("tiny", "mini", "small", "base")
 MASKED = {128: 20, 512: 80}
+# steps per timed round (one round of a contender lasts about 1 s at tiny and 3-8 s at base)
+STEPS = {"tiny": 8, "mini": 4, "small": 2, "base": 1, "large": 1}
+BATCH_512 = 2  # sequences per step at seq 512: the same 1024 tokens as 8 x 128
 
 
-def make_batch(vocab: int, b: int, s: int, masked: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Full-length sequences, two segments, `masked` MLM positions each (never [CLS]), NSP labels."""
+def case_batch(args: argparse.Namespace, seq: int) -> int:
+    """Sequences per step: --batch at seq <= 128, else the same tokens (--batch * 128 / seq, at
+    least 1) unless --batch_long is given."""
+    if seq <= 128:
+        return args.batch
+    return args.batch_long or max(1, args.batch * 128 // seq)
+
+
+def case_steps(args: argparse.Namespace, model: str, seq: int) -> int:
+    """Steps per timed round: --steps, else STEPS[model] (scaled down for long sequences)."""
+    if args.steps:
+        return args.steps
+    return max(1, STEPS[model] * 128 // max(seq, 128))
+
+
+def bench_config(model: str, seq: int, args: argparse.Namespace) -> BertConfig:
+    """The preset with the bench's kernel backend and attention (HF reads the same shape)."""
+    return BertConfig.preset(model, kernel_backend=args.kernel_backend, attention_impl=args.attention_impl,
+                             max_position_embeddings=max(512, seq))
+
+
+def make_batch(vocab: int, b: int, s: int, masked: int, seed: int = 0,
+               min_len: int | None = None) -> dict[str, torch.Tensor]:
+    """Two segments, `masked` MLM positions each (never [CLS]), NSP labels. Full-length sequences,
+    or with `min_len` lengths uniform in [min_len, s] (right padding, id 0; a sequence of length n
+    predicts min(masked, n - 1) positions, the list zero-padded)."""
     gen = torch.Generator().manual_seed(seed)
+    lengths = [s] * b if min_len is None else torch.randint(max(2, min_len), s + 1, (b,), generator=gen).tolist()
     ids = torch.randint(1000, vocab, (b, s), generator=gen)
     seg = torch.zeros(b, s, dtype=torch.long)
-    seg[:, s // 2:] = 1
-    mask = torch.ones(b, s, dtype=torch.long)
-    pos = torch.stack([torch.randperm(s - 1, generator=gen)[:masked].sort().values + 1 for _ in range(b)])
-    labels = torch.randint(1000, vocab, pos.shape, generator=gen)
+    mask = torch.zeros(b, s, dtype=torch.long)
+    pos = torch.zeros(b, masked, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        seg[i, n // 2:n] = 1
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+        k = min(masked, n - 1)
+        pos[i, :k] = torch.randperm(n - 1, generator=gen)[:k].sort().values + 1
+    labels = torch.where(pos > 0, torch.randint(1000, vocab, pos.shape, generator=gen), 0)
     nsp = torch.randint(0, 2, (b,), generator=gen)
     return {"input_ids": ids, "segment_ids": seg, "input_mask": mask, "masked_lm_positions": pos,
             "masked_lm_ids": labels, "next_sentence_labels": nsp}
@@ -68,6 +123,7 @@ def hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same batch in HF's form: dense MLM labels with -100 where nothing is predicted."""
     labels = torch.full_like(batch["input_ids"], -100)
     labels.scatter_(1, batch["masked_lm_positions"], batch["masked_lm_ids"])
+    labels[:, 0] = -100  # position 0 pads the position lists ([CLS] is never predicted)
     return {"input_ids": batch["input_ids"], "token_type_ids": batch["segment_ids"],
             "attention_mask": batch["input_mask"], "labels": labels,
             "next_sentence_label": batch["next_sentence_labels"]}
@@ -86,12 +142,20 @@ class Bf16MasterAdamW:
             p.grad = None
 
     def step(self) -> None:
+        """Copy the bf16 gradients into fp32 buffers (one foreach copy), step, copy the masters
+        back into the bf16 weights (one foreach copy)."""
+        pairs = []
         for p, m in zip(self.params, self.masters):
-            m.grad = p.grad.float() if p.grad is not None else None
+            if p.grad is None:
+                m.grad = None  # no gradient this step: AdamW skips the parameter
+            else:
+                if m.grad is None:
+                    m.grad = torch.empty_like(m)
+                pairs.append((p, m))
+        torch._foreach_copy_([m.grad for _, m in pairs], [p.grad for p, _ in pairs])
         self.opt.step()
         with torch.no_grad():
-            for p, m in zip(self.params, self.masters):
-                p.copy_(m)
+            torch._foreach_copy_(self.params, self.masters)
 
 
 @dataclass
@@ -124,6 +188,11 @@ def build_bertperf(cfg: BertConfig, batch, mode: str, precision: str, lr: float)
     return step
 
 
+def build_bertperf_unpad(cfg: BertConfig, batch, mode: str, precision: str, lr: float) -> Callable[[], None]:
+    """bertperf with `unpad` (pad tokens skipped outside attention): for padded batches."""
+    return build_bertperf(cfg.replace(unpad=True), batch, mode, precision, lr)
+
+
 def build_hf(cfg: BertConfig, batch, mode: str, precision: str, lr: float) -> Callable[[], None]:
     import transformers
 
@@ -140,6 +209,9 @@ def build_hf(cfg: BertConfig, batch, mode: str, precision: str, lr: float) -> Ca
         out.loss.backward()
         opt.step()
     return step
+
+
+BUILDERS = {"bertperf": build_bertperf, "bertperf-unpad": build_bertperf_unpad, "hf": build_hf}
 
 
 def peak_gemm(n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
@@ -166,9 +238,10 @@ def time_steps(step: Callable[[], None], steps: int) -> float:
 
 def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, float]) -> list[dict]:
     masked = MASKED.get(seq, round(0.15 * seq))
-    cfg = BertConfig.preset(model, kernel_backend=args.kernel_backend, max_position_embeddings=max(512, seq))
-    batch = make_batch(cfg.vocab_size, args.batch, seq, masked)
-    builders = {"bertperf": build_bertperf, "hf": build_hf}
+    cfg = bench_config(model, seq, args)
+    b, steps = case_batch(args, seq), case_steps(args, model, seq)
+    batch = make_batch(cfg.vocab_size, b, seq, masked, min_len=args.min_len)
+    builders = BUILDERS
     torch._dynamo.reset()  # a fresh cache per case (the previous case's graphs are of other shapes)
     contenders: list[Contender] = []
     for name in args.frameworks:
@@ -179,7 +252,7 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
                 # built before, which then recompile inside the timed rounds
                 c = Contender(name, mode, precision, builders[name](cfg, batch, mode, precision, 1e-4))
                 t = time.perf_counter()
-                for _ in range(args.warmup):
+                for _ in range(args.warmup_compile if mode == "compile" else args.warmup):
                     c.step()
                 c.warmup_s = time.perf_counter() - t
                 print(f"  warm-up {model} s{seq} {c.label}: {c.warmup_s:.1f} s", file=sys.stderr, flush=True)
@@ -187,8 +260,10 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
     rates: dict[str, list[float]] = {c.label: [] for c in contenders}
     for _ in range(args.rounds):
         for c in contenders:
-            rates[c.label].append(args.batch * args.steps / time_steps(c.step, args.steps))
+            rates[c.label].append(b * steps / time_steps(c.step, steps))
     fps = pretrain_flops_per_sequence(cfg, seq, masked)
+    # the FLOPs HF executes: its MLM head runs at every position (m = s in the same formula)
+    own_fps = {"hf": pretrain_flops_per_sequence(cfg, seq, seq)}
     best_hf = {p: max((statistics.median(rates[c.label]) for c in contenders if c.name == "hf" and c.precision == p),
                       default=None) for p in args.precisions}
     hf_fp32_eager = next((statistics.median(rates[c.label]) for c in contenders
@@ -198,13 +273,16 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
         med = statistics.median(rates[c.label])
         tflops = fps * med / 1e12
         ref = best_hf.get(c.precision)
-        rows.append({"model": model, "seq": seq, "batch": args.batch, "threads": torch.get_num_threads(),
+        rows.append({"model": model, "seq": seq, "batch": b, "min_len": args.min_len, "steps": steps,
+                     "rounds": args.rounds,
+                     "threads": torch.get_num_threads(),
                      "contender": c.name, "mode": c.mode, "precision": c.precision,
                      "seq_per_s": round(med, 3), "seq_per_s_min": round(min(rates[c.label]), 3),
                      "seq_per_s_max": round(max(rates[c.label]), 3),
                      "x_best_hf_same_precision": round(med / ref, 3) if ref else None,
                      "x_hf_fp32_eager": round(med / hf_fp32_eager, 3) if hf_fp32_eager else None,
                      "tflops": round(tflops, 4), "mfu": round(tflops * 1e12 / peaks[c.precision], 4),
+                     "mfu_own_flops": round(own_fps.get(c.name, fps) * med / peaks[c.precision], 4),
                      "warmup_s": round(c.warmup_s, 1)})
     del contenders
     gc.collect()
@@ -217,18 +295,20 @@ def profile_case(model: str, seq: int, args: argparse.Namespace) -> list[dict]:
 
     name, mode, precision = args.profile
     masked = MASKED.get(seq, round(0.15 * seq))
-    cfg = BertConfig.preset(model, kernel_backend=args.kernel_backend, max_position_embeddings=max(512, seq))
-    batch = make_batch(cfg.vocab_size, args.batch, seq, masked)
+    cfg = bench_config(model, seq, args)
+    b, steps = case_batch(args, seq), case_steps(args, model, seq)
+    batch = make_batch(cfg.vocab_size, b, seq, masked, min_len=args.min_len)
     torch.manual_seed(0)
-    step = {"bertperf": build_bertperf, "hf": build_hf}[name](cfg, batch, mode, precision, 1e-4)
-    for _ in range(args.warmup):
+    step = BUILDERS[name](cfg, batch, mode, precision, 1e-4)
+    for _ in range(args.warmup_compile if mode == "compile" else args.warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(args.steps):
+        for _ in range(steps):
             step()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
-    rows = [{"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3 / args.steps, 3),
+    rows = [{"framework": name, "mode": mode, "precision": precision, "batch": b,
+             "op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3 / steps, 3),
              "percent": round(100 * e.self_cpu_time_total / total, 2)}
             for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.profile_top]]
     return rows
@@ -236,12 +316,12 @@ def profile_case(model: str, seq: int, args: argparse.Namespace) -> list[dict]:
 
 def format_rows(rows: list[dict], peaks: dict[str, float]) -> str:
     lines = ["| model | seq | contender | mode | prec | seq/s median [min, max] | x best HF (same prec) "
-             "| x HF fp32 eager | TFLOP/s | MFU |", "|" + "---|" * 10]
+             "| x HF fp32 eager | TFLOP/s | MFU | MFU own FLOPs |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['model']} | {r['seq']} | {r['contender']} | {r['mode']} | {r['precision']} "
                      f"| {r['seq_per_s']:.2f} [{r['seq_per_s_min']:.2f}, {r['seq_per_s_max']:.2f}] "
                      f"| {r['x_best_hf_same_precision'] or '-'} | {r['x_hf_fp32_eager'] or '-'} "
-                     f"| {r['tflops']:.3f} | {100 * r['mfu']:.1f}% |")
+                     f"| {r['tflops']:.3f} | {100 * r['mfu']:.1f}% | {100 * r.get('mfu_own_flops', r['mfu']):.1f}% |")
     lines.append("")
     lines.append("peak GEMM measured in this run: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
                  + f"; {torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f}")
@@ -254,15 +334,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqs", type=int, nargs="+", default=[128], help="sequence lengths for every model")
     p.add_argument("--base512", action=argparse.BooleanOptionalAction, default=True,
                    help="also base at seq 512 (default on)")
-    p.add_argument("--frameworks", nargs="+", default=["bertperf", "hf"], choices=["bertperf", "hf"])
+    p.add_argument("--frameworks", nargs="+", default=["bertperf", "hf"], choices=list(BUILDERS),
+                   help="bertperf-unpad = bertperf with config.unpad (pays with --min_len)")
+    p.add_argument("--min_len", type=int, default=None,
+                   help="padded batches: sequence lengths uniform in [MIN_LEN, seq] (default: full length)")
     p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=2, help="steps per round")
+    p.add_argument("--batch", type=int, default=8, help="sequences per step at seq <= 128")
+    p.add_argument("--batch_long", type=int, default=None,
+                   help="sequences per step at seq > 128 (default: the same tokens as --batch x 128)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"steps per round (default per model: {STEPS}, / 4 at seq 512)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation happens here)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps of an eager contender")
+    p.add_argument("--warmup_compile", type=int, default=4,
+                   help="untimed steps of a compiled contender (the first compiles; later ones catch "
+                        "recompilations, e.g. of the backward or the optimizer step)")
     p.add_argument("--kernel_backend", default="cpu", help="bertperf's fused-kernel backend")
+    p.add_argument("--attention_impl", default="fused", choices=list(ATTENTION_IMPLS),
+                   help="bertperf's attention (see bertperf.model.bert.attention)")
     p.add_argument("--gemm", type=int, default=2048, help="size of the peak-GEMM probe")
     p.add_argument("--profile", nargs=3, metavar=("FRAMEWORK", "MODE", "PRECISION"), default=None,
                    help="instead of the matrix: per-op self CPU time of one contender (torch.profiler) for "
@@ -280,10 +371,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{model} s{seq} {' '.join(args.profile)}: self CPU ms per step")
                 for r in part:
                     print(f"  {r['self_ms']:10.2f} ms {r['percent']:6.2f}%  {r['calls']:5d}x  {r['op']}")
-        path = args.json if args.json != p.get_default("json") else args.json.replace("e2e.json", "profile.json")
+        tag = "-".join(args.profile)
+        path = args.json if args.json != p.get_default("json") else args.json.replace("e2e.json", f"profile-{tag}.json")
         write_bench_json(path, "profile", f"Where a training step's time goes: {' '.join(args.profile)}", rows,
-                         [f"torch.profiler self CPU time per step, {args.steps} steps after {args.warmup} warm-up, "
-                          f"batch {args.batch}, {args.threads} threads"])
+                         [f"torch.profiler self CPU time per step (top {args.profile_top} ops per model), "
+                          f"steps per model {[case_steps(args, m, s) for m in args.models for s in args.seqs]} "
+                          f"after warm-up, batch {args.batch} at seq <= 128, {args.threads} threads, "
+                          f"bertperf kernel_backend {args.kernel_backend}, attention_impl {args.attention_impl}, "
+                          f"load average {os.getloadavg()[0]:.2f}"])
         print(f"\nwrote {path}")
         return 0
     peaks = {"fp32": peak_gemm(args.gemm, torch.float32), "bf16": peak_gemm(args.gemm, torch.bfloat16)}
@@ -300,8 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"peak GEMM fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
              f"({args.gemm}^3 matmul, {args.threads} threads, measured in this run)",
              "FLOPs: matmul only, 3x forward, MLM head at the masked positions (bertperf.report.flops), the same "
-             "for both contenders", f"batch {args.batch}; {args.rounds} alternating rounds of {args.steps} steps; "
-             f"{args.warmup} warm-up steps excluded (compilation included there)"]
+             "for both contenders",
+             f"batch {args.batch} at seq 128, {case_batch(args, 512)} at seq 512; {args.rounds} alternating rounds "
+             f"of {args.steps or STEPS} steps (/4 at seq 512); warm-up excluded: {args.warmup} steps eager, "
+             f"{args.warmup_compile} compiled (compilation included there)",
+             f"bertperf: kernel_backend {args.kernel_backend}, attention_impl {args.attention_impl}"]
+    if args.min_len:
+        notes.append(f"padded batches: lengths uniform in [{args.min_len}, seq]; FLOPs and MFU still count "
+                     f"every position as a token (the padded work), so they overstate an unpadded run's work")
     write_bench_json(args.json, "e2e", "Pre-training throughput: bertperf vs Hugging Face", rows, notes)
     print(f"\nwrote {args.json}")
     return 0

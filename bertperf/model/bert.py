@@ -24,6 +24,13 @@ of `bertperf.ops` (chosen per call by the tensors' device, logged once). `attent
 the attention: "sdpa" (torch's SDPA, any backend) or "fused" (scores by matmul, then the fused
 scale + mask + softmax + dropout op of `bertperf.ops.softmax` on `kernel_backend`, then P V).
 
+Training fast paths (same results as the plain composite, see tests/model/test_fast_paths.py):
+* no padding in the batch -> no attention mask (SDPA's and the softmax op's mask work skipped);
+* `config.unpad`: the projections, FFN and fused points run on the valid tokens only (`Packing`),
+  attention on the padded layout; pays only for batches with much padding;
+* the tied word embedding's lookup gradient can be sparse (`sparse_word_grad`), added into the
+  decoder's dense gradient by autograd (see `BertEmbeddings.forward`).
+
 Shapes: B batch, S sequence length, h hidden size, A heads, d = h / A head size, I FFN width.
 """
 from __future__ import annotations
@@ -63,7 +70,13 @@ def model_backend(backend: str, device: torch.device | str) -> str:
     runs on tensors of `device`; logged once per (setting, device type). Raises BertperfError
     naming `kernel_backend` if the setting is unknown or cannot run there (see
     `bertperf.ops.backend.resolve_backend`; the Triton interpreter is read from the environment
-    when the process starts, so the cached answer stays valid)."""
+    when the process starts, so the cached answer stays valid).
+
+    Under torch.compile every setting runs as "torch": Inductor fuses the eager composites into
+    its own kernels, while the fused ops of `bertperf.ops` would split the graph (their dropout
+    seed is drawn on the host, a graph break per call)."""
+    if torch.compiler.is_compiling():
+        return "torch"
     key = (backend, torch.device(device).type)
     chosen = _chosen.get(key)
     if chosen is None:
@@ -116,6 +129,18 @@ def attention_mask_bias(mask: Tensor) -> Tensor:
     return bias.masked_fill_(~mask, torch.finfo(torch.float32).min)
 
 
+def attention_mask(input_mask: Tensor | None) -> Tensor | None:
+    """The bool attention mask [B, 1, 1, S] (True = attend) of an int input_mask [B, S]
+    (1 = token, 0 = padding), or None when there is no padding: masking nothing is the same as no
+    mask, and unmasked attention skips SDPA's mask handling. Under torch.compile the mask is
+    always kept (no data-dependent branch in the graph)."""
+    if input_mask is None:
+        return None
+    if not torch.compiler.is_compiling() and bool(input_mask.all()):
+        return None
+    return input_mask[:, None, None, :].bool()
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, training: bool,
               backend: str, impl: str = "sdpa") -> Tensor:
     """softmax(q k^T / sqrt(d), masked) v with dropout p on the probabilities.
@@ -154,13 +179,46 @@ class BertEmbeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
-        """input_ids, segment_ids: int [B, S] -> [B, S, h]."""
+    def forward(self, input_ids: Tensor, segment_ids: Tensor, sparse_word_grad: bool = False) -> Tensor:
+        """input_ids, segment_ids: int [B, S] -> [B, S, h].
+
+        sparse_word_grad: the word lookup's gradient is a sparse [V, h] tensor (B*S rows) instead of
+        a dense one. Only for a word weight that also receives a dense gradient in the same backward
+        (the tied MLM decoder), so `.grad` ends dense: autograd adds the sparse rows to the dense
+        gradient (torch 2.13: one [V, h] copy plus the rows) instead of zero-filling a dense [V, h]
+        buffer, scattering into it and adding two dense [V, h] tensors. Ignored under
+        torch.compile (dense there)."""
         s = input_ids.shape[1]
         pos = torch.arange(s, device=input_ids.device)
-        x = self.word(input_ids) + self.token_type(segment_ids) + self.position(pos)
+        sparse = sparse_word_grad and not torch.compiler.is_compiling()
+        word = F.embedding(input_ids, self.word.weight, sparse=sparse)
+        x = word + self.token_type(segment_ids) + self.position(pos)
         x = layer_norm(x, self.norm, self.config.kernel_backend)
         return F.dropout(x, self.config.hidden_dropout_prob, self.training)
+
+
+@dataclass
+class Packing:
+    """Where the T valid tokens of a padded [B, S] batch sit: `index` int64 [T], the flat
+    positions (b * S + s) of the tokens whose input_mask is 1, in order."""
+
+    index: Tensor
+    batch: int
+    seq: int
+
+    @classmethod
+    def of(cls, input_mask: Tensor) -> "Packing":
+        """input_mask: int [B, S] (1 = token)."""
+        return cls(input_mask.reshape(-1).nonzero().squeeze(1), input_mask.shape[0], input_mask.shape[1])
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """[B, S, n] -> [T, n] (the valid tokens)."""
+        return x.reshape(self.batch * self.seq, -1).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """[T, n] -> [B, S, n] with zeros at the pad positions."""
+        out = x.new_zeros(self.batch * self.seq, x.shape[-1]).index_copy(0, self.index, x)
+        return out.view(self.batch, self.seq, -1)
 
 
 class BertLayer(nn.Module):
@@ -180,16 +238,24 @@ class BertLayer(nn.Module):
         self.ffn_out = nn.Linear(i, h)
         self.ffn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """x: [B, S, h]; mask: bool [B, 1, 1, S] or None -> [B, S, h]."""
+    def forward(self, x: Tensor, mask: Tensor | None, packed: "Packing | None" = None) -> Tensor:
+        """x: [B, S, h]; mask: bool [B, 1, 1, S] or None -> [B, S, h].
+
+        With `packed`, x is [T, h]: the T valid tokens only (see `Packing`); the projections,
+        the FFN and the fused points run on them, attention on the padded [B, S] layout."""
         cfg = self.config
-        be, b, s, h = cfg.kernel_backend, x.shape[0], x.shape[1], cfg.hidden_size
+        be, h = cfg.kernel_backend, cfg.hidden_size
+        b, s = (packed.batch, packed.seq) if packed is not None else (x.shape[0], x.shape[1])
         a, d = cfg.num_attention_heads, cfg.head_size
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, S, 3h]
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, S, 3h] (packed: [T, 3h])
+        if packed is not None:
+            qkv = packed.pad(qkv)
         q, k, v = qkv.view(b, s, 3, a, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, A, S, d]
         ctx = attention(q, k, v, mask, cfg.attention_probs_dropout_prob, self.training, be,
                         cfg.attention_impl)
         ctx = ctx.transpose(1, 2).reshape(b, s, h)
+        if packed is not None:
+            ctx = packed.unpad(ctx)  # [T, h]
         x = bias_dropout_residual_layer_norm(
             F.linear(ctx, self.attn_out.weight), self.attn_out.bias, x, self.attn_norm,
             cfg.hidden_dropout_prob, self.training, be)
@@ -303,16 +369,24 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None,
-                input_mask: Tensor | None = None) -> BertModelOutput:
+                input_mask: Tensor | None = None, sparse_word_grad: bool = False) -> BertModelOutput:
         """input_ids, segment_ids (default 0), input_mask (1 = token, 0 = padding; default all 1):
-        int [B, S]. Padding positions get outputs too, but valid positions never see them."""
+        int [B, S]. Padding positions get outputs too (zeros with `config.unpad`), but valid
+        positions never see them.
+        sparse_word_grad: see `BertEmbeddings.forward` (only for a tied decoder)."""
         _check_inputs(self.config, input_ids, segment_ids, input_mask)
         if segment_ids is None:
             segment_ids = torch.zeros_like(input_ids)
-        mask = None if input_mask is None else input_mask[:, None, None, :].bool()
-        x = self.embeddings(input_ids, segment_ids)
+        mask = attention_mask(input_mask)
+        x = self.embeddings(input_ids, segment_ids, sparse_word_grad)
+        packed = None
+        if self.config.unpad and mask is not None and not torch.compiler.is_compiling():
+            packed = Packing.of(input_mask)
+            x = packed.unpad(x)  # [T, h]
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, packed)
+        if packed is not None:
+            x = packed.pad(x)  # pad positions: zeros
         pooled = None
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(x[:, 0]))

@@ -8,7 +8,11 @@ FLOPs, and computing it densely for ~15% useful rows wastes most of them.
 
 Losses: MLM = mean cross-entropy over the M predictions; NSP = mean cross-entropy over the
 batch (label 1 = random next sentence, as Google's `is_random_next` and HF's
-`next_sentence_label`); pre-training loss = MLM + NSP. Cross-entropy runs in fp32.
+`next_sentence_label`); pre-training loss = MLM + NSP. Cross-entropy runs in fp32. The MLM
+loss is `mlm_cross_entropy` (softmax, loss, correct count and the logits' gradient in one forward;
+the backward scales that gradient in place), the decoder is `decoder_linear` (a contiguous weight
+gradient, see `_DecoderLinear`), and with MLM labels the tied word lookup's gradient is sparse
+(see `bertperf.model.bert.BertEmbeddings.forward`).
 """
 from __future__ import annotations
 
@@ -50,7 +54,88 @@ class BertMLMHead(nn.Module):
         be = self.config.kernel_backend
         x = bias_gelu(F.linear(hidden, self.transform.weight), self.transform.bias, be)
         x = layer_norm(x, self.norm, be)
-        return F.linear(x, self.decoder.weight, self.bias.to(x.dtype))
+        return decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
+
+
+class _DecoderLinear(torch.autograd.Function):
+    """x W^T + b whose weight gradient is a fresh contiguous [V, h] tensor (G^T x), not the
+    transposed view autograd's linear returns: autograd adds the tied word lookup's dense gradient
+    into it in place (into the view it makes a third [V, h] tensor). A sparse lookup gradient is
+    added out of place either way (torch 2.13)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.bias_dtype = bias.dtype
+        return torch.addmm(bias, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        # under autocast the forward GEMM ran in the autocast dtype (grad's): so do these, then
+        # cast back to the inputs' dtypes (as autocast's own linear backward does)
+        dt = grad.dtype
+        dx = grad.mm(weight.to(dt)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        dw = grad.t().mm(x.to(dt)).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        db = grad.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def decoder_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The MLM decoder: x [..., h] @ weight [V, h]^T + bias [V] -> [..., V] (see `_DecoderLinear`)."""
+    lead = x.shape[:-1]
+    return _DecoderLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias).view(*lead, weight.shape[0])
+
+
+class _MLMCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over [M, V] logits and the count of correct predictions, with the
+    gradient of the logits computed in the forward pass (softmax - one-hot), so the backward is
+    one scaling. Replaces log_softmax + nll_loss (whose backward zero-fills an [M, V] buffer, then
+    runs log_softmax's backward) and a separate argmax: fewer passes over the [M, V] logits.
+
+    The loss of row r is lse_r - x[r, label] with lse_r = max_r - log(p_max_r): p_max (the
+    softmax at the largest logit) is at least 1/V, so this never underflows, even where the
+    label's probability does. One backward per forward: the [M, V] buffer is scaled in place and
+    released (a second backward raises, as torch does without retain_graph)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        probs = torch.softmax(logits, -1, dtype=torch.float32)  # [M, V] fp32 (upcast inside)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        top = logits.amax(-1)  # [M]
+        picked = logits[rows, labels]  # [M]
+        lse = top.float() - probs.amax(-1).log()
+        loss = (lse - picked.float()).mean()
+        correct = (picked == top).sum()
+        probs[rows, labels] -= 1.0  # the gradient of the summed loss, in place
+        # kept on ctx, not save_for_backward: the backward scales it in place and releases it
+        ctx.grad = probs
+        ctx.dtype = logits.dtype
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, dloss: Tensor, dcorrect: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError("mlm_cross_entropy: backward ran twice through the same MLM loss; it "
+                               "frees its [M, V] gradient buffer after the first (retain_graph is not "
+                               "supported): recompute the forward")
+        out = grad.mul_(dloss / grad.shape[0])  # in place: no new [M, V] buffer
+        return out.to(ctx.dtype), None
+
+
+def mlm_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean cross-entropy in fp32, number of rows whose label holds the largest logit).
+
+    logits: [M, V] (any float dtype; the softmax runs in fp32); labels: int [M], every one a valid
+    class (no ignore index). The loss equals `F.cross_entropy(logits.float(), labels)`; the count
+    equals `(logits.argmax(-1) == labels).sum()` except when another class ties EXACTLY with the
+    label's maximal logit (then argmax may pick the other one; this counts the row correct).
+    M = 0 gives a zero loss that keeps the graph connected. The count has no gradient."""
+    if labels.numel() == 0:
+        return logits.float().sum() * 0.0, torch.zeros((), dtype=torch.long, device=logits.device)
+    return _MLMCrossEntropy.apply(logits, labels.long())
 
 
 @dataclass
@@ -110,10 +195,17 @@ class BertForPreTraining(BertPreTrainedModel):
                 masked_lm_ids: Tensor | None = None,
                 next_sentence_labels: Tensor | None = None) -> PreTrainingOutput:
         """input_ids, segment_ids, input_mask: int [B, S]; masked_lm_positions, masked_lm_ids:
-        int [B, P] (zero-padded); next_sentence_labels: int [B]. See `PreTrainingOutput`."""
+        int [B, P] (zero-padded); next_sentence_labels: int [B]. See `PreTrainingOutput`.
+
+        With masked_lm_ids given, the word lookup's gradient is sparse and autograd adds it to the
+        decoder's dense gradient of the same (tied) weight: backpropagate `loss` or a sum that
+        includes `mlm_loss` (a backward of `nsp_loss` alone would leave a sparse `.grad`)."""
         if masked_lm_ids is not None and masked_lm_positions is None:
             raise BertperfError("masked_lm_ids were given without masked_lm_positions")
-        out = self.bert(input_ids, segment_ids, input_mask)
+        # the MLM loss gives the tied word weight a dense gradient (the decoder's); the lookup's
+        # gradient is then added into it as sparse rows (see BertEmbeddings.forward)
+        sparse_word_grad = masked_lm_ids is not None and masked_lm_positions is not None
+        out = self.bert(input_ids, segment_ids, input_mask, sparse_word_grad=sparse_word_grad)
         assert out.pooler_output is not None
         nsp_logits = self.nsp(out.pooler_output)
         mlm_loss = nsp_loss = mlm_correct = mlm_count = nsp_correct = None
@@ -127,13 +219,8 @@ class BertForPreTraining(BertPreTrainedModel):
             mlm_logits = self.mlm(hidden)  # [M, V]
             if masked_lm_ids is not None:
                 labels = masked_lm_ids[valid]
-                if labels.numel():
-                    mlm_loss = F.cross_entropy(mlm_logits.float(), labels)
-                else:  # no masked token in the batch: a zero that keeps the graph connected
-                    mlm_loss = mlm_logits.float().sum() * 0.0
-                with torch.no_grad():
-                    mlm_correct = (mlm_logits.argmax(-1) == labels).sum()
-                    mlm_count = torch.tensor(labels.numel(), device=labels.device)
+                mlm_loss, mlm_correct = mlm_cross_entropy(mlm_logits, labels)
+                mlm_count = torch.tensor(labels.numel(), device=labels.device)
         if next_sentence_labels is not None:
             labels = next_sentence_labels.reshape(-1).long()
             nsp_loss = F.cross_entropy(nsp_logits.float(), labels)

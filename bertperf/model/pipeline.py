@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertperf.model.bert import BertEmbeddings, BertLayer
+from bertperf.model.bert import BertEmbeddings, BertLayer, attention_mask
 from bertperf.model.config import BertConfig
-from bertperf.model.heads import BertMLMHead, gather_masked, init_bert_weights
+from bertperf.model.heads import BertMLMHead, gather_masked, init_bert_weights, mlm_cross_entropy
 from bertperf.utils.errors import BertperfError
 
 TIED_KEY = "bert"
@@ -112,7 +112,7 @@ class EncoderLayerPipe(BertLayer):
 
     def forward(self, inputs: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         hidden, input_mask, positions = inputs
-        return super().forward(hidden, input_mask[:, None, None, :].bool()), input_mask, positions
+        return super().forward(hidden, attention_mask(input_mask)), input_mask, positions
 
 
 @dataclass
@@ -141,17 +141,14 @@ class PretrainingLoss:
         mlm_logits, nsp_logits = outputs
         positions, masked_lm_ids, next_sentence_labels = labels
         mlm_labels = masked_lm_ids[positions > 0]  # row order of gather_masked
-        if mlm_labels.numel():
-            mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_labels)
-        else:  # no masked token in the micro-batch: a zero that keeps the graph connected
-            mlm_loss = mlm_logits.float().sum() * 0.0
+        mlm_loss, mlm_correct = mlm_cross_entropy(mlm_logits, mlm_labels)
         nsp_labels = next_sentence_labels.reshape(-1).long()
         nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
         loss = mlm_loss + nsp_loss
         with torch.no_grad():
             self.records.append(MicroBatchStats(
                 loss=loss.detach(), mlm_loss=mlm_loss.detach(), nsp_loss=nsp_loss.detach(),
-                mlm_correct=(mlm_logits.argmax(-1) == mlm_labels).sum(),
+                mlm_correct=mlm_correct,
                 mlm_count=torch.tensor(mlm_labels.numel()),
                 nsp_correct=(nsp_logits.argmax(-1) == nsp_labels).sum()))
         return loss
