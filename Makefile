@@ -63,11 +63,15 @@ demo: setup
 test: setup
 	@$(PY) -m pytest -q tests
 
-# bench (not in CI; tens of minutes, wants a quiet machine): the end-to-end matrix (bertperf vs
-# Hugging Face), the kernel benches, 1 -> 2 rank scaling of real pre-training runs, then the report
-# (bench/results/ + bench/runs/scaling/ -> bench/report/).
+# bench (not in CI; ~40 minutes, wants a quiet machine): the end-to-end matrix (bertperf vs
+# Hugging Face), a per-op profile, padded batches with pad tokens skipped, the kernel benches,
+# 1 -> 2 rank scaling of real pre-training runs, then the report (bench/results/ +
+# bench/runs/scaling/ -> bench/report/).
 bench: setup
 	@$(PY) bench/bench_e2e.py --json bench/results/e2e.json
+	@$(PY) bench/bench_e2e.py --profile bertperf eager fp32 --models tiny mini base --no-base512
+	@$(PY) bench/bench_e2e.py --frameworks bertperf bertperf-unpad hf --min_len 32 --modes eager \
+		--precisions fp32 --models tiny mini --no-base512 --json bench/results/e2e-unpad.json
 	@$(PY) bench/bench_kernels.py
 	@$(PY) bench/bench_scaling.py --out bench/runs/scaling
 	@$(PY) -m bertperf.report.report bench/results bench/runs/scaling/ranks1 bench/runs/scaling/ranks2 --out bench/report
