@@ -1,6 +1,6 @@
 """Throughput and memory of `bertperf prepare` against the way users make BERT data today.
 
-    python bench/bench_data.py [--dupe_factor 5] [--block_docs 16] [--json results.json] [--skip_8x]
+    python bench/bench_data.py [--dupe_factor 5] [--block_docs 16] [--repeat 3] [--json results.json] [--skip_8x]
 
 Input: the real Wikipedia sample (.data/enwiki-sample.xml.bz2) extracted once by wikiextractor
 into WikiExtractor text (~2.6 MB, 105 articles), and the same text concatenated 8 times. Both
@@ -13,25 +13,31 @@ since transformers 5) from the MiniLM vocab.txt, Google's instance algorithm on 
 (`bertperf.data.instances.create_training_instances`, a faithful port of
 create_pretraining_data.py), padding, one gzip HDF5 file (`shards.write_shard`, NVIDIA's schema).
 
-Ours: `python -m bertperf.data.prepare --workers W` (W = 1 in-process, W = 2 processes):
+Ours: `python -m bertperf.data.prepare --workers W` (W = 1 in-process, W = 2 forked processes):
 WordPiece through a word cache on ASCII sentences and the Rust pipeline for the rest, with
 TOKENIZERS_PARALLELISM=false (one core per worker), pairs as spans, vectorized masking, the same
 shard writer. Output bytes are identical for W = 1 and 2.
 
 Every configuration runs as a subprocess; its peak RSS is the sum over its process tree (parent
-and children, sampled every 20 ms with psutil). Throughput uses the seconds measured inside the
+and children, sampled every 20 ms with psutil; forked workers' pages shared with the parent count
+in each process, so the sum is an upper bound). Throughput uses the seconds measured inside the
 run (imports and interpreter start excluded, worker start-up included): instances/s and MB of
 input text/s. The CPU seconds of each process tree (start-up and imports included, "CPU s") and
 of the run itself ("run CPU": the parent's and its workers', imports excluded) are printed too:
-on a shared machine their ratios are a steadier hint than the timings. Targets: ours with 1
-worker >= 5x the baseline, 2 workers >= 1.8x 1 worker, peak RSS flat from 1x to 8x. On a busy
-machine the timings are not trustworthy: rerun quietly.
+on a shared machine their ratios are a steadier hint than the timings. Each input size is run
+--repeat times with 1 and 2 workers alternated (same input file, already in the page cache); a
+row shows the medians of its runs (peak RSS: the largest), and the scaling line gives every
+round's 1 -> 2 worker ratio and their median. Targets: ours with 1 worker >= 5x the baseline,
+2 workers >= 1.8x 1 worker, peak RSS flat from 1x to 8x. On a busy machine the timings are not
+trustworthy: rerun quietly.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,15 +69,20 @@ def peak_rss_run(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
         except psutil.NoSuchProcess:
             return
         while not stop.is_set():
-            total = 0
+            rss: dict[int, int] = {}
             try:
                 for p in [root, *root.children(recursive=True)]:
                     try:
-                        total += p.memory_info().rss
+                        rss[p.pid] = p.memory_info().rss
+                        # A child between vfork and exec (subprocess's posix_spawn: h5py's import runs
+                        # `uname -p`) shares its parent's memory and shows the same RSS: count it once.
+                        if p is not root and rss[p.pid] == rss.get(p.ppid()):
+                            del rss[p.pid]
                     except psutil.NoSuchProcess:
                         pass
             except psutil.NoSuchProcess:
                 break
+            total = sum(rss.values())
             peak = max(peak, total)
             stop.wait(0.02)
 
@@ -131,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block_docs", type=int, default=16, help="documents per block (the sample has 105)")
     p.add_argument("--times", type=int, default=8, help="size of the large input, in copies of the sample")
     p.add_argument("--skip_8x", action="store_true", help="only the 1x input (quick check)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each of our configurations, alternated (medians)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--_baseline", nargs=3, metavar=("INPUT", "VOCAB", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -148,20 +160,34 @@ def main(argv: list[str] | None = None) -> int:
         mb = {k: v.stat().st_size / 1e6 for k, v in inputs.items()}
         mb_1x = mb[1]
 
-        def record(name: str, size: int, workers: int, wall: float, cpu: float, rss: float, seconds: float,
-                   n: int, run_cpu: float) -> None:
-            rows.append({"config": name, "input": f"{size}x", "input_mb": round(mb[size], 2), "workers": workers,
-                         "instances": n, "seconds": round(seconds, 3), "wall_seconds": round(wall, 3),
-                         "cpu_seconds": round(cpu, 3), "run_cpu_seconds": round(run_cpu, 3),
-                         "instances_per_s": round(n / seconds, 1), "mb_per_s": round(mb[size] / seconds, 3),
-                         "peak_rss_mb": round(rss, 1)})
-            r = rows[-1]
-            print(f"  {name:<28} {r['input']:>4} {n:>9} {seconds:8.2f} {r['instances_per_s']:>10.0f} "
-                  f"{r['mb_per_s']:>7.3f} {rss:>9.0f} {wall:>8.2f} {cpu:>8.2f} {run_cpu:>8.2f}", flush=True)
+        def row(name: str, size: int, workers: int, wall: float, cpu: float, rss: float, seconds: float,
+                n: int, run_cpu: float) -> dict:
+            return {"config": name, "input": f"{size}x", "input_mb": round(mb[size], 2), "workers": workers,
+                    "instances": n, "seconds": round(seconds, 3), "wall_seconds": round(wall, 3),
+                    "cpu_seconds": round(cpu, 3), "run_cpu_seconds": round(run_cpu, 3),
+                    "instances_per_s": round(n / seconds, 1), "mb_per_s": round(mb[size] / seconds, 3),
+                    "peak_rss_mb": round(rss, 1)}
+
+        def show(r: dict, label: str = "") -> None:
+            print(f"  {r['config'] + label:<38} {r['input']:>4} {r['instances']:>9} {r['seconds']:8.2f} "
+                  f"{r['instances_per_s']:>10.0f} {r['mb_per_s']:>7.3f} {r['peak_rss_mb']:>9.0f} "
+                  f"{r['wall_seconds']:>8.2f} {r['cpu_seconds']:>8.2f} {r['run_cpu_seconds']:>8.2f}", flush=True)
+
+        def median_row(runs: list[dict]) -> dict:
+            """One row for repeated runs of a configuration: medians, and the largest peak RSS."""
+            out = dict(runs[0])
+            for k in ("seconds", "wall_seconds", "cpu_seconds", "run_cpu_seconds"):
+                out[k] = round(statistics.median(r[k] for r in runs), 3)
+            out["instances_per_s"] = round(out["instances"] / out["seconds"], 1)
+            out["mb_per_s"] = round(out["input_mb"] / out["seconds"], 3)
+            out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+            out["runs"] = len(runs)
+            out["seconds_each"] = [r["seconds"] for r in runs]
+            return out
 
         print(f"bench_data: dupe_factor {args.dupe_factor}, S={seq}, P={pred}, block_docs {args.block_docs}; "
               f"input 1x = {mb[1]:.2f} MB")
-        print(f"  {'config':<28} {'in':>4} {'instances':>9} {'seconds':>8} {'inst/s':>10} {'MB/s':>7} "
+        print(f"  {'config':<38} {'in':>4} {'instances':>9} {'seconds':>8} {'inst/s':>10} {'MB/s':>7} "
               f"{'RSS MB':>9} {'wall s':>8} {'CPU s':>8} {'run CPU':>8}")
         out = work / "baseline"
         out.mkdir()
@@ -169,21 +195,32 @@ def main(argv: list[str] | None = None) -> int:
                                         "--dupe_factor", str(args.dupe_factor), "--max_seq_length", str(seq),
                                         "--max_predictions_per_seq", str(pred)], env)
         res = json.loads(text.strip().splitlines()[-1])
-        record("baseline (slow tok, 1 proc)", 1, 1, wall, cpu, rss, res["seconds"], res["instances"],
-               res["cpu_seconds"])
+        rows.append(row("baseline (slow tok, 1 proc)", 1, 1, wall, cpu, rss, res["seconds"], res["instances"],
+                        res["cpu_seconds"]))
+        show(rows[-1])
 
         sizes = [1] if args.skip_8x else [1, args.times]
+        round_ratios: dict[int, list[float]] = {}
         for size in sizes:
+            runs: dict[int, list[dict]] = {1: [], 2: []}
+            for k in range(max(1, args.repeat)):
+                for workers in (1, 2):
+                    out = work / f"ours_{size}_{workers}"
+                    cmd = [sys.executable, "-m", "bertperf.data.prepare", "--input", str(inputs[size]), "--vocab",
+                           vocab, "--output_dir", str(out), "--quiet", "--workers", str(workers), "--block_docs",
+                           str(args.block_docs), "--dupe_factor", str(args.dupe_factor), "--max_seq_length", str(seq),
+                           "--max_predictions_per_seq", str(pred), "--language", "en"]
+                    wall, cpu, rss, _ = peak_rss_run(cmd, env)
+                    s = json.loads((out / "prepare_summary.json").read_text())
+                    shutil.rmtree(out)  # the next run starts from nothing, not a resume
+                    runs[workers].append(row(f"bertperf prepare, {workers} worker{'s' if workers > 1 else ''}", size,
+                                             workers, wall, cpu, rss, s["counts"]["seconds"], s["counts"]["instances"],
+                                             s["counts"]["cpu_seconds"]))
+                    show(runs[workers][-1], f" #{k + 1}")
+            round_ratios[size] = [round(a["seconds"] / b["seconds"], 3) for a, b in zip(runs[1], runs[2])]
             for workers in (1, 2):
-                out = work / f"ours_{size}_{workers}"
-                cmd = [sys.executable, "-m", "bertperf.data.prepare", "--input", str(inputs[size]), "--vocab", vocab,
-                       "--output_dir", str(out), "--quiet", "--workers", str(workers), "--block_docs",
-                       str(args.block_docs), "--dupe_factor", str(args.dupe_factor), "--max_seq_length", str(seq),
-                       "--max_predictions_per_seq", str(pred), "--language", "en"]
-                wall, cpu, rss, _ = peak_rss_run(cmd, env)
-                s = json.loads((out / "prepare_summary.json").read_text())
-                record(f"bertperf prepare, {workers} worker{'s' if workers > 1 else ''}", size, workers, wall, cpu, rss,
-                       s["counts"]["seconds"], s["counts"]["instances"], s["counts"]["cpu_seconds"])
+                rows.append(median_row(runs[workers]))
+                show(rows[-1], " (median)")
 
     def find(size: int, workers: int, base: bool = False) -> dict | None:
         for r in rows:
@@ -201,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if big != 1:
         ratios["per_worker_speedup_vs_baseline_mb_8x"] = round(w1["mb_per_s"] / base["mb_per_s"], 2)
     ratios[f"scaling_1_to_2_workers_{big}x"] = round(w2["mb_per_s"] / w1["mb_per_s"], 2)
+    ratios[f"scaling_1_to_2_workers_{big}x_each_round"] = round_ratios[big]
+    ratios[f"scaling_1_to_2_workers_{big}x_median_of_rounds"] = round(statistics.median(round_ratios[big]), 2)
     ratios["cpu_seconds_baseline_over_1_worker_1x"] = round(base["cpu_seconds"] / find(1, 1)["cpu_seconds"], 2)
     # CPU of the work itself (imports excluded), per instance: steadier than timings on a busy machine.
     ours = find(1, 1)

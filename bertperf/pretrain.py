@@ -219,7 +219,9 @@ def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
     files = find_shards(args.data_dir)
     dataset = ShardedLoader(files, rank=placement.rank, world_size=placement.world_size,
                             micro_batch=setup.micro_batch, seed=args.seed, vocab_size=config.vocab_size)
-    dataset.check_all()  # every shard validated before the first step (one in memory at a time)
+    # every shard's metadata was checked when the loader opened them; check_all reads the first
+    # shard this rank trains on in full (token ids within the vocab); the others at first load
+    dataset.check_all()
     if dataset.seq_length > config.max_position_embeddings:
         raise BertperfError(f"{files[0]}: sequence length {dataset.seq_length} exceeds the model's "
                             f"max_position_embeddings {config.max_position_embeddings} ({args.model_config})")

@@ -45,8 +45,11 @@ one shard's decompressed arrays (N_shard * (6*S + 8*P + 1) bytes: ~0.9 MB per 10
 S=128, P=20) plus one batch, whatever the number of shards (tested: one shard alive at a time).
 Every rank reads and decompresses every shard of an epoch (it needs 1/world_size of the rows of
 each), so I/O per rank is the corpus size per epoch; shards in which a rank has no row are not read.
-Shapes are taken from the files' metadata at construction (all shards must share S and P); the
-full checks run when a shard is loaded, so a corrupt shard raises ShardError naming the file then.
+Shapes are taken from the files' metadata at construction (all shards must share S and P; every
+file must open and hold the schema's datasets with consistent shapes, `shards.check_metadata`); the
+full checks (values) run when a shard is loaded, so a corrupt shard raises ShardError naming the
+file then. `check_all()` adds, before training, the full check of the first shard this rank
+reads (one shard per rank, not the corpus); `check_all(full=True)` checks every shard.
 """
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from bertperf.data.shards import SCHEMA, ShardError, find_shards, read_shard
+from bertperf.data.shards import SCHEMA, ShardError, check_metadata, find_shards, read_shard
 from bertperf.utils.errors import BertperfError
 
 log = logging.getLogger(__name__)
@@ -128,26 +131,9 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
 
 def shard_shapes(path: str) -> tuple[int, int, int]:
-    """(N, S, P) of a shard from its HDF5 metadata only; ShardError naming the file if unreadable."""
-    import h5py
-
-    if not os.path.isfile(path):
-        raise ShardError(f"{path}: shard file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in ("input_ids", "masked_lm_positions", "next_sentence_labels") if k not in f]
-            if missing:
-                raise ShardError(f"{path}: dataset '{missing[0]}' is missing (a pre-training shard needs "
-                                 f"{sorted(SCHEMA)}); rebuild it with `bertperf prepare`")
-            ids, pos = f["input_ids"].shape, f["masked_lm_positions"].shape
-            n = f["next_sentence_labels"].shape
-    except OSError as e:
-        raise ShardError(f"{path}: not a readable HDF5 shard ({e.__class__.__name__}: {e}); "
-                         "rebuild it with `bertperf prepare`") from None
-    if len(ids) != 2 or len(pos) != 2 or len(n) != 1:
-        raise ShardError(f"{path}: datasets have shapes input_ids {ids}, masked_lm_positions {pos}, "
-                         f"next_sentence_labels {n}; expected [N, S], [N, P], [N]")
-    return int(n[0]), int(ids[1]), int(pos[1])
+    """(N, S, P) of a shard from its HDF5 metadata only, after `shards.check_metadata`'s checks
+    (opens, all datasets present, integer dtypes, consistent shapes); ShardError naming the file."""
+    return check_metadata(path)
 
 
 class ShardedLoader:
@@ -252,30 +238,38 @@ class ShardedLoader:
         """The visiting order of the rows of shard `shard` in epoch `epoch`: int64 [n_shard]."""
         return np.random.default_rng([self.seed, epoch, shard]).permutation(int(self.shard_sizes[shard]))
 
+    def _plan(self, epoch: int, first_round: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(shard index k, global position of the shard's first row, this rank's global positions
+        in it: int64 [m >= 1]) for the shards of epoch `epoch` where this rank has rows in rounds
+        >= first_round, in visiting order. Reads nothing."""
+        w, r = self.world_size, self.rank
+        end_global = self.rounds_per_epoch * w  # positions past this are the epoch's remainder
+        start = 0
+        for k in self.shard_order(epoch):
+            n = int(self.shard_sizes[k])
+            # global positions start..start+n-1 of this shard; ours: == r (mod w), in our rounds
+            lo = max(start, first_round * w)
+            hi = min(start + n, end_global)
+            first = lo + ((r - lo) % w)
+            positions = np.arange(first, hi, w, dtype=np.int64)
+            if len(positions):
+                yield int(k), start, positions
+            start += n
+
     def _segments(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, int, np.ndarray]]:
         """Yield (shard arrays, this rank's rows in stream order, epoch, round index of each row) from
         the current state on, forever."""
         epoch, first_round = self.epoch, self.offset // self.world_size
-        w, r = self.world_size, self.rank
         while True:
-            end_global = self.rounds_per_epoch * w  # positions past this are the epoch's remainder
-            start = 0
-            for k in self.shard_order(epoch):
+            for k, start, positions in self._plan(epoch, first_round):
                 n = int(self.shard_sizes[k])
-                # global positions start..start+n-1 of this shard; ours: == r (mod w), in our rounds
-                lo = max(start, first_round * w)
-                hi = min(start + n, end_global)
-                first = lo + ((r - lo) % w)
-                positions = np.arange(first, hi, w, dtype=np.int64)
-                if len(positions):
-                    arrays = read_shard(self.files[k], vocab_size=self.vocab_size)
-                    if arrays["next_sentence_labels"].shape[0] != n:
-                        raise ShardError(f"{self.files[k]}: holds {arrays['next_sentence_labels'].shape[0]} "
-                                         f"instances, but {n} when the loader started; shards changed during training")
-                    rows = self.row_order(epoch, int(k))[positions - start]
-                    yield arrays, rows, epoch, positions // w
-                    del arrays  # free this shard before reading the next one
-                start += n
+                arrays = read_shard(self.files[k], vocab_size=self.vocab_size)
+                if arrays["next_sentence_labels"].shape[0] != n:
+                    raise ShardError(f"{self.files[k]}: holds {arrays['next_sentence_labels'].shape[0]} "
+                                     f"instances, but {n} when the loader started; shards changed during training")
+                rows = self.row_order(epoch, k)[positions - start]
+                yield arrays, rows, epoch, positions // self.world_size
+                del arrays  # free this shard before reading the next one
             epoch, first_round = epoch + 1, 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -303,13 +297,33 @@ class ShardedLoader:
                     yield batch
             del arrays, rows
 
-    def check_all(self) -> None:
-        """Read and validate every shard once (one in memory at a time), so that a corrupt shard or
-        an id >= vocab_size stops a run before training rather than when the shard comes up."""
-        for path, n in zip(self.files, self.shard_sizes.tolist()):
-            got = read_shard(path, vocab_size=self.vocab_size)["next_sentence_labels"].shape[0]
-            if got != n:
-                raise ShardError(f"{path}: holds {got} instances, but its metadata said {n}; the file changed")
+    def check_all(self, full: bool = False) -> None:
+        """Checks before training, cheap by default (start-up must not read the corpus on every rank).
+
+        Every shard's metadata was checked at construction (`shards.check_metadata`: it opens,
+        a truncated file does not; all datasets present, integer dtypes, consistent shapes). This
+        reads and validates in full (values: ids < vocab_size, 0/1 flags, positions < S) the
+        first shard this rank will train on, which catches shards made with another vocab
+        before the first step. Every other shard gets the same full check when it is loaded for
+        training and raises the same ShardError naming the file then. `full=True` reads and
+        validates every shard now (one in memory at a time; I/O = the corpus, on every rank).
+        """
+        if full:
+            for path, n in zip(self.files, self.shard_sizes.tolist()):
+                self._check_one(path, n)
+            return
+        first = self._first_shard()
+        self._check_one(self.files[first], int(self.shard_sizes[first]))
+
+    def _check_one(self, path: str, n: int) -> None:
+        got = read_shard(path, vocab_size=self.vocab_size)["next_sentence_labels"].shape[0]
+        if got != n:
+            raise ShardError(f"{path}: holds {got} instances, but its metadata said {n}; the file changed")
+
+    def _first_shard(self) -> int:
+        """Index (into `files`) of the first shard this rank reads from its current state (the state
+        is always inside an epoch with a round left: `load_state_dict` moves an ended one on)."""
+        return next(k for k, _, _ in self._plan(self.epoch, self.offset // self.world_size))
 
     def batches_per_epoch(self) -> float:
         """rounds_per_epoch / micro_batch: batches per rank per epoch (batches run across epochs)."""

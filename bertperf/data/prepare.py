@@ -31,7 +31,8 @@ import os
 import sys
 
 from bertperf.data.extract import LANGUAGES
-from bertperf.data.stream import SHARD_NAME, Phase, StreamConfig, Summary, parse_phases, run, summary_dict
+from bertperf.data.stream import (SHARD_NAME, Phase, StreamConfig, Summary, keep_freed_memory, parse_phases, run,
+                                  summary_dict)
 from bertperf.utils.errors import BertperfError, run_cli
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    keep_freed_memory()  # this process is the CLI's own: a process-wide allocator setting is fine here
     summary = prepare(args)
     print(summary_line(summary, args.output_dir))
     return 0

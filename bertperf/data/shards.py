@@ -154,6 +154,45 @@ def read_shard(path: str | os.PathLike, vocab_size: int | None = None) -> dict[s
     return validate(arrays, where=path, vocab_size=vocab_size)
 
 
+def check_metadata(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(N, S, P) of a shard after checking its metadata only (no data is read or decompressed):
+    the file opens as HDF5 (a truncated file does not: HDF5 compares its size with the end address
+    stored in the superblock), every SCHEMA dataset is present with an integer dtype and its
+    number of dimensions, and the shapes agree ([N, S], [N, P], [N]). Values (ids < vocab size,
+    0/1 flags, positions < S) are checked by `read_shard`. Raises ShardError naming the file."""
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ShardError(f"{path}: shard file not found")
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name, (dtype, ndim) in SCHEMA.items():
+                obj = f.get(name)
+                if obj is None:
+                    raise ShardError(f"{path}: dataset '{name}' is missing (a pre-training shard needs "
+                                     f"{sorted(SCHEMA)}); rebuild it with `bertperf prepare`")
+                if not isinstance(obj, h5py.Dataset):
+                    raise ShardError(f"{path}: '{name}' is a {type(obj).__name__}, expected a dataset")
+                if obj.dtype.kind not in "iu":
+                    raise ShardError(f"{path}: dataset '{name}' has dtype {obj.dtype}, expected an integer type "
+                                     f"({dtype})")
+                if len(obj.shape) != ndim:
+                    raise ShardError(f"{path}: dataset '{name}' has shape {obj.shape}, expected {ndim} dimensions")
+                shapes[name] = obj.shape
+    except OSError as e:
+        raise ShardError(f"{path}: not a readable HDF5 shard ({e.__class__.__name__}: {e}); "
+                         "rebuild it with `bertperf prepare`") from None
+    n, s, p = shapes["next_sentence_labels"][0], shapes["input_ids"][1], shapes["masked_lm_positions"][1]
+    for name, expected in [(k, (n, s)) for k in SEQ_KEYS] + [(k, (n, p)) for k in PRED_KEYS]:
+        if shapes[name] != expected:
+            raise ShardError(f"{path}: dataset '{name}' has shape {shapes[name]}, expected {list(expected)} "
+                             "(next_sentence_labels [N], input_ids [N, S], masked_lm_positions [N, P]): "
+                             "inconsistent shapes")
+    return int(n), int(s), int(p)
+
+
 def shard_length(path: str | os.PathLike) -> int:
     """Number of instances N in a shard, from its metadata only (no validation)."""
     import h5py

@@ -235,9 +235,12 @@ def test_loader_errors(tmp_path: Path):
     # a shard whose ids exceed the vocab is reported (file, dataset) when it is loaded
     with pytest.raises(ShardError, match=r"part_00\d.hdf5.*vocab size 5\b"):
         take(ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=5), 1)
-    with pytest.raises(ShardError, match=r"part_000.hdf5.*vocab size 5\b"):
+    with pytest.raises(ShardError, match=r"part_00\d.hdf5.*vocab size 5\b"):
         ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=5).check_all()
+    with pytest.raises(ShardError, match=r"part_000.hdf5.*vocab size 5\b"):
+        ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=5).check_all(full=True)
     ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=1000).check_all()
+    ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0, vocab_size=1000).check_all(full=True)
     # a truncated shard: named at construction (metadata unreadable) or when loaded
     data = Path(files[1]).read_bytes()
     Path(files[1]).write_bytes(data[: len(data) // 2])
@@ -245,3 +248,67 @@ def test_loader_errors(tmp_path: Path):
         take(ShardedLoader(files, rank=0, world_size=1, micro_batch=8, seed=0), 1)
     with pytest.raises(ShardError, match="part_001.hdf5"):
         ShardedLoader(files, rank=0, world_size=1, micro_batch=8, seed=0).check_all()
+
+
+def count_reads(monkeypatch) -> list[str]:
+    """Record the paths `loader.read_shard` reads (the real read still happens)."""
+    real, paths = loader_mod.read_shard, []
+    monkeypatch.setattr(loader_mod, "read_shard", lambda path, vocab_size=None: paths.append(path) or
+                        real(path, vocab_size=vocab_size))
+    return paths
+
+
+@pytest.mark.parametrize("world_size,batches", [(1, 0), (2, 0), (3, 0), (2, 5), (3, 3), (1, 8), (2, 9),
+                                                       (1, 35), (2, 17), (3, 11)])
+def test_check_all_reads_only_the_first_shard_this_rank_trains_on(tmp_path: Path, monkeypatch, world_size, batches):
+    """Start-up reads one shard per rank, not the corpus: the one its first batch comes from, from
+    any resume state (also one saved at an epoch's last round)."""
+    files, _ = id_shards(tmp_path, SIZES)
+    for rank in range(world_size):
+        ld = ShardedLoader(files, rank=rank, world_size=world_size, micro_batch=2, seed=5, vocab_size=1000)
+        state = ld.advance(batches=batches)
+        paths = count_reads(monkeypatch)
+        resumed = ShardedLoader(files, rank=rank, world_size=world_size, micro_batch=2, seed=5, vocab_size=1000,
+                                state=state)
+        resumed.check_all()
+        assert len(paths) == 1
+        take(resumed, 1)
+        assert paths[1] == paths[0]  # the shard training opened first
+        paths.clear()
+        resumed.check_all(full=True)
+        assert paths == files
+        monkeypatch.undo()
+
+
+def test_metadata_checked_for_every_shard_at_construction(tmp_path: Path):
+    """Without reading data: a missing dataset, a float dataset, a wrong rank or inconsistent
+    shapes in any shard stop the loader when it is built, naming the file and the dataset."""
+    import h5py
+
+    files, _ = id_shards(tmp_path, [4, 4, 4])
+    good = ShardedLoader(files, rank=0, world_size=1, micro_batch=2, seed=0)
+    assert good.num_samples == 12
+
+    def broken(edit) -> str:
+        path = tmp_path / "broken.hdf5"
+        write_shard(path, random_arrays(4, S, P, vocab=1000))
+        with h5py.File(path, "a") as f:
+            edit(f)
+        return str(path)
+
+    cases = [
+        (lambda f: f.__delitem__("segment_ids"), r"broken.hdf5: dataset 'segment_ids' is missing"),
+        (lambda f: (f.__delitem__("input_mask"), f.create_dataset("input_mask", data=np.ones((4, S), np.float32))),
+         r"broken.hdf5: dataset 'input_mask' has dtype float32"),
+        (lambda f: (f.__delitem__("next_sentence_labels"), f.create_dataset("next_sentence_labels",
+                                                                             data=np.zeros((4, 1), np.int8))),
+         r"broken.hdf5: dataset 'next_sentence_labels' has shape \(4, 1\), expected 1 dimensions"),
+        (lambda f: (f.__delitem__("masked_lm_ids"), f.create_dataset("masked_lm_ids", data=np.zeros((4, P + 1),
+                                                                                                   np.int32))),
+         r"broken.hdf5: dataset 'masked_lm_ids' has shape \(4, 4\), expected \[4, 3\]"),
+        (lambda f: (f.__delitem__("segment_ids"), f.create_dataset("segment_ids", data=np.zeros((3, S), np.int8))),
+         r"broken.hdf5: dataset 'segment_ids' has shape \(3, 12\), expected \[4, 12\]"),
+    ]
+    for edit, message in cases:
+        with pytest.raises(ShardError, match=message):
+            ShardedLoader(files + [broken(edit)], rank=0, world_size=1, micro_batch=2, seed=0)

@@ -66,6 +66,39 @@ def test_blocks_and_same_bytes_for_any_worker_count(one_worker, corpus, vocab_fi
     assert w2["stream"]["max_documents_held"] <= (2 * 2 + 2) * BLOCK
 
 
+@pytest.mark.parametrize("other_thread", [False, True], ids=["forked", "spawned"])
+def test_workers_forked_or_spawned_give_the_same_bytes(one_worker, corpus, vocab_file, tmp_path, monkeypatch,
+                                                      other_thread):
+    """Workers are forked (sharing the parent's tokenizer) when this process runs no other thread, and
+    spawned otherwise (a thread could hold a lock at fork time); the bytes are those of one worker."""
+    import multiprocessing
+    import threading
+
+    methods = []
+    real = multiprocessing.get_context
+    monkeypatch.setattr(stream.multiprocessing, "get_context", lambda m=None: methods.append(m) or real(m))
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    if other_thread:
+        thread.start()
+    try:
+        assert main(args(corpus, vocab_file, tmp_path / "out", "--workers", "2")) == 0
+    finally:
+        stop.set()
+        if other_thread:
+            thread.join()
+    assert methods == (["spawn"] if other_thread else ["fork"])
+    assert digests(tmp_path / "out") == digests(one_worker)
+
+
+def test_keep_freed_memory_on_glibc():
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"malloc tuning is for glibc; this is {platform.system()} {platform.libc_ver()}")
+    assert stream.keep_freed_memory() is True
+
+
 def test_parent_memory_does_not_grow_with_the_input(sample_documents, vocab_file, tmp_path):
     """The same text 1x and 8x: the parent's maximum of documents held (an instrumented count of
     documents read and not yet released) stays at the bound for W=1, 2 blocks."""
