@@ -403,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_len:
         notes.append(f"padded batches: lengths uniform in [{args.min_len}, seq]; FLOPs and MFU still count "
                      f"every position as a token (the padded work), so they overstate an unpadded run's work")
-    write_bench_json(args.json, "e2e", "Pre-training throughput: bertperf vs Hugging Face", rows, notes)
+    title = "Pre-training throughput: bertperf vs Hugging Face"
+    if args.min_len:
+        title += f" (padded batches, lengths {args.min_len}-seq)"
+    write_bench_json(args.json, "e2e", title, rows, notes)
     print(f"\nwrote {args.json}")
     return 0
 
