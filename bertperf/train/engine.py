@@ -182,10 +182,15 @@ def end_process_after_distributed_run(code: int) -> None:
     destructor, and std::terminate aborts the rank ("terminate called without an active
     exception", exit 250 from the launcher). Traced with gdb on torch 2.13 / DeepSpeed 0.19.8 /
     CPython 3.11; seen in 2 of 4 fresh-clone test runs of a 2-rank fine-tune, never reproduced in
-    51 later runs. Logging handlers, stdout and stderr are flushed first; atexit handlers do not run.
+    51 later runs. Logging handlers, stdout and stderr are flushed first, and MPI is finalized if
+    mpi4py initialized it (mpirun reports a rank that exits without MPI_Finalize as a failure);
+    atexit handlers do not run.
     """
     if not _distributed_started:
         return
+    mpi = sys.modules.get("mpi4py.MPI")  # under mpirun: MPI must be finalized (mpi4py's atexit would)
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
