@@ -18,18 +18,19 @@ WordPiece through a word cache on ASCII sentences and the Rust pipeline for the 
 TOKENIZERS_PARALLELISM=false (one core per worker), pairs as spans, vectorized masking, the same
 shard writer. Output bytes are identical for W = 1 and 2.
 
-Every configuration runs as a subprocess; its peak RSS is the sum over its process tree (parent
-and children, sampled every 20 ms with psutil; forked workers' pages shared with the parent count
-in each process, so the sum is an upper bound). Throughput uses the seconds measured inside the
-run (imports and interpreter start excluded, worker start-up included): instances/s and MB of
-input text/s. The CPU seconds of each process tree (start-up and imports included, "CPU s") and
-of the run itself ("run CPU": the parent's and its workers', imports excluded) are printed too:
-on a shared machine their ratios are a steadier hint than the timings. Each input size is run
---repeat times with 1 and 2 workers alternated (same input file, already in the page cache); a
-row shows the medians of its runs (peak RSS: the largest), and the scaling line gives every
-round's 1 -> 2 worker ratio and their median. Targets: ours with 1 worker >= 5x the baseline,
-2 workers >= 1.8x 1 worker, peak RSS flat from 1x to 8x. On a busy machine the timings are not
-trustworthy: rerun quietly.
+Every configuration runs as a subprocess; its peak RSS is the sum over its process tree (parent and
+children, sampled every 20 ms with psutil, the tree itself re-read every 200 ms; forked workers'
+pages shared with the parent count in each process, so the sum is an upper bound). Throughput uses
+the seconds measured inside the run (imports and interpreter start excluded, worker start-up
+included): instances/s and MB of input text/s. The CPU seconds of each process tree (start-up and
+imports included, "CPU s") and of the run itself ("run CPU": the parent's and its workers', imports
+excluded) are printed too: on a shared machine their ratios are a steadier hint than the timings.
+Each input size is run --repeat times with 1 and 2 workers alternated (same input file, already in
+the page cache); a row shows the medians of its runs (peak RSS: the largest), and the scaling line
+gives every round's 1 -> 2 worker ratio and their median, with the 2-worker run's cores busy (run
+CPU / seconds) and its run CPU over the 1-worker run's (scaling ~ cores busy / that ratio). Targets:
+ours with 1 worker >= 5x the baseline, 2 workers >= 1.8x 1 worker, peak RSS flat from 1x to 8x. On a
+busy machine the timings are not trustworthy: rerun quietly.
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BERTPERF_DATA", REPO / ".data"))
+# The RSS sampler re-reads the process tree every 10th sample (200 ms): scanning all of /proc every
+# 20 ms cost the bench process ~0.65 CPU s per 10 s run, taken from the 2 workers' cores (the
+# 2-worker run kept 1.89 cores busy instead of 1.95; the 1-worker run has a spare core).
+RESCAN_EVERY = 10
 
 
 def peak_rss_run(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
@@ -68,20 +73,25 @@ def peak_rss_run(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
             root = psutil.Process(proc.pid)
         except psutil.NoSuchProcess:
             return
+        tree: dict[psutil.Process, int] = {}  # process -> its parent's pid
+        n = 0
         while not stop.is_set():
+            if n % RESCAN_EVERY == 0:  # scanning /proc for the tree is the costly part: not every sample
+                try:
+                    tree = {p: p.ppid() for p in root.children(recursive=True)} | {root: 0}
+                except psutil.NoSuchProcess:
+                    break
+            n += 1
             rss: dict[int, int] = {}
-            try:
-                for p in [root, *root.children(recursive=True)]:
-                    try:
-                        rss[p.pid] = p.memory_info().rss
-                        # A child between vfork and exec (subprocess's posix_spawn: h5py's import runs
-                        # `uname -p`) shares its parent's memory and shows the same RSS: count it once.
-                        if p is not root and rss[p.pid] == rss.get(p.ppid()):
-                            del rss[p.pid]
-                    except psutil.NoSuchProcess:
-                        pass
-            except psutil.NoSuchProcess:
-                break
+            for p, ppid in tree.items():
+                try:
+                    rss[p.pid] = p.memory_info().rss
+                    # A child between vfork and exec (subprocess's posix_spawn: h5py's import runs
+                    # `uname -p`) shares its parent's memory and shows the same RSS: count it once.
+                    if p is not root and rss[p.pid] == rss.get(ppid):
+                        del rss[p.pid]
+                except psutil.NoSuchProcess:
+                    pass
             total = sum(rss.values())
             peak = max(peak, total)
             stop.wait(0.02)
@@ -240,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     ratios[f"scaling_1_to_2_workers_{big}x"] = round(w2["mb_per_s"] / w1["mb_per_s"], 2)
     ratios[f"scaling_1_to_2_workers_{big}x_each_round"] = round_ratios[big]
     ratios[f"scaling_1_to_2_workers_{big}x_median_of_rounds"] = round(statistics.median(round_ratios[big]), 2)
+    # Where 2 workers lose against 2x: cores kept busy (run CPU / seconds; 2.0 = no idle core) and the
+    # extra CPU the same work costs with 2 workers (blocks pickled to the workers, the pool's threads
+    # in the parent); scaling ~ cores busy / CPU ratio.
+    ratios[f"cores_busy_2_workers_{big}x"] = round(w2["run_cpu_seconds"] / w2["seconds"], 2)
+    ratios[f"run_cpu_2_over_1_workers_{big}x"] = round(w2["run_cpu_seconds"] / w1["run_cpu_seconds"], 3)
     ratios["cpu_seconds_baseline_over_1_worker_1x"] = round(base["cpu_seconds"] / find(1, 1)["cpu_seconds"], 2)
     # CPU of the work itself (imports excluded), per instance: steadier than timings on a busy machine.
     ours = find(1, 1)
