@@ -187,6 +187,7 @@ class ShardedLoader:
         self.rounds_per_epoch = self.num_samples // world_size
         self.seed = int(seed)
         self.epoch, self.offset = 0, 0
+        self._checked: tuple[int, dict[str, np.ndarray]] | None = None  # the shard check_all read, kept for its first use
         if state is not None:
             self.load_state_dict(state)
 
@@ -262,11 +263,7 @@ class ShardedLoader:
         epoch, first_round = self.epoch, self.offset // self.world_size
         while True:
             for k, start, positions in self._plan(epoch, first_round):
-                n = int(self.shard_sizes[k])
-                arrays = read_shard(self.files[k], vocab_size=self.vocab_size)
-                if arrays["next_sentence_labels"].shape[0] != n:
-                    raise ShardError(f"{self.files[k]}: holds {arrays['next_sentence_labels'].shape[0]} "
-                                     f"instances, but {n} when the loader started; shards changed during training")
+                arrays = self._read(k)
                 rows = self.row_order(epoch, k)[positions - start]
                 yield arrays, rows, epoch, positions // self.world_size
                 del arrays  # free this shard before reading the next one
@@ -309,16 +306,24 @@ class ShardedLoader:
         validates every shard now (one in memory at a time; I/O = the corpus, on every rank).
         """
         if full:
-            for path, n in zip(self.files, self.shard_sizes.tolist()):
-                self._check_one(path, n)
+            for k in range(len(self.files)):
+                self._read(k)
             return
         first = self._first_shard()
-        self._check_one(self.files[first], int(self.shard_sizes[first]))
+        self._checked = (first, self._read(first))  # training starts with it: not read twice
 
-    def _check_one(self, path: str, n: int) -> None:
-        got = read_shard(path, vocab_size=self.vocab_size)["next_sentence_labels"].shape[0]
+    def _read(self, k: int) -> dict[str, np.ndarray]:
+        """Shard k in full, values validated (`read_shard`) and its count checked against the one
+        read at start-up; the shard `check_all` kept is handed over once instead of read again."""
+        if self._checked is not None and self._checked[0] == k:
+            arrays, self._checked = self._checked[1], None
+            return arrays
+        arrays = read_shard(self.files[k], vocab_size=self.vocab_size)
+        got, n = arrays["next_sentence_labels"].shape[0], int(self.shard_sizes[k])
         if got != n:
-            raise ShardError(f"{path}: holds {got} instances, but its metadata said {n}; the file changed")
+            raise ShardError(f"{self.files[k]}: holds {got} instances, but {n} when the loader started; "
+                             "the file changed")
+        return arrays
 
     def _first_shard(self) -> int:
         """Index (into `files`) of the first shard this rank reads from its current state (the state
