@@ -144,3 +144,22 @@ def write_glue(root: Path) -> Path:
         for name, text in files.items():
             (root / folder / name).write_text(text, encoding="utf-8")
     return root
+
+
+def write_sentiment_task(d: Path, n_train: int, n_dev: int, rng, fill: list[str], pos: list[str],
+                         neg: list[str], words: tuple[int, int]) -> Path:
+    """An SST-2-layout folder whose label is learnable: each row is `words` random `fill` words with
+    one word of `pos` (label 1) or `neg` (label 0) inserted at a random place; returns d."""
+    def rows(n):
+        out = []
+        for _ in range(n):
+            y = rng.randrange(2)
+            ws = [rng.choice(fill) for _ in range(rng.randint(*words))]
+            ws.insert(rng.randrange(len(ws) + 1), rng.choice(pos if y else neg))
+            out.append(f"{' '.join(ws)}\t{y}")
+        return out
+
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "train.tsv").write_text("\n".join(["sentence\tlabel"] + rows(n_train)) + "\n")
+    (d / "dev.tsv").write_text("\n".join(["sentence\tlabel"] + rows(n_dev)) + "\n")
+    return d

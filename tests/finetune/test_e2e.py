@@ -10,7 +10,7 @@ import random
 import pytest
 
 from bertperf.finetune import cli, glue
-from tests.finetune.conftest import write_glue
+from tests.finetune.conftest import write_glue, write_sentiment_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -166,23 +166,10 @@ def test_tnews_end_to_end(tmp_path, vocab_file):
 def test_learns_a_learnable_task_and_checkpoint_reproduces(tmp_path, vocab_file):
     """SST-2 layout, label = whether the review holds a positive or a negative word: a tiny
     random BERT must reach dev accuracy 1.0; re-scoring best/ with --no_train gives the same."""
-    rng = random.Random(1)
-    fill = "the movie plot actors scene story film director music screen".split()
-    pos, neg = ["great", "wonderful", "excellent"], ["awful", "boring", "terrible"]
-
-    def rows(n):
-        out = []
-        for _ in range(n):
-            y = rng.randrange(2)
-            ws = [rng.choice(fill) for _ in range(rng.randint(3, 8))]
-            ws.insert(rng.randrange(len(ws) + 1), rng.choice(pos if y else neg))
-            out.append(f"{' '.join(ws)}\t{y}")
-        return out
-
-    d = tmp_path / "SST-2"
-    d.mkdir()
-    (d / "train.tsv").write_text("\n".join(["sentence\tlabel"] + rows(400)) + "\n")
-    (d / "dev.tsv").write_text("\n".join(["sentence\tlabel"] + rows(64)) + "\n")
+    d = write_sentiment_task(tmp_path / "SST-2", 400, 64, random.Random(1),
+                             fill="the movie plot actors scene story film director music screen".split(),
+                             pos=["great", "wonderful", "excellent"], neg=["awful", "boring", "terrible"],
+                             words=(3, 8))
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"preset": "demo", "batch_size": 16, "max_seq_length": 16, "max_steps": 60,
                                "eval_every": 20, "learning_rate": 1e-3}))

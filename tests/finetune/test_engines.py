@@ -21,6 +21,7 @@ import torch
 
 from bertperf.finetune import cli
 from bertperf.utils.errors import BertperfError
+from tests.finetune.conftest import write_sentiment_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -31,23 +32,10 @@ STEPS, EVAL_EVERY = 60, 20
 
 
 def _write_task(d: Path, n_train=256, n_dev=64, seed=3) -> Path:
-    rng = random.Random(seed)
-    fill = "the a film is very movie plot it was and so we".split()
-    pos, neg = ["good", "great", "fun", "liked"], ["bad", "awful", "dull", "not"]
-
-    def rows(n):
-        out = []
-        for _ in range(n):
-            y = rng.randrange(2)
-            ws = [rng.choice(fill) for _ in range(rng.randint(2, 6))]
-            ws.insert(rng.randrange(len(ws) + 1), rng.choice(pos if y else neg))
-            out.append(f"{' '.join(ws)}\t{y}")
-        return out
-
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "train.tsv").write_text("\n".join(["sentence\tlabel"] + rows(n_train)) + "\n")
-    (d / "dev.tsv").write_text("\n".join(["sentence\tlabel"] + rows(n_dev)) + "\n")
-    return d
+    return write_sentiment_task(d, n_train, n_dev, random.Random(seed),
+                                fill="the a film is very movie plot it was and so we".split(),
+                                pos=["good", "great", "fun", "liked"], neg=["bad", "awful", "dull", "not"],
+                                words=(2, 6))
 
 
 @pytest.fixture(scope="module")

@@ -50,26 +50,21 @@ def test_fast_exp_relative_error_and_specials(points):
                 assert got[0] == float("inf") and got[7] == float("inf"), f"isa {level}: +inf"
 
 
-def test_fast_erf_absolute_error_and_specials(points):
-    ref = torch.erf(points.double())
+@pytest.mark.parametrize("fn, ref_fn, bound, saturates_at", [
+    ("erf", torch.erf, 7e-7, 3.925),  # erf is exactly +-1 from |x| >= 3.925 on
+    ("tanh", torch.tanh, 2e-7, None),
+])
+def test_fast_odd_functions_absolute_error_and_specials(points, fn, ref_fn, bound, saturates_at):
+    ref = ref_fn(points.double())
     finite = torch.isfinite(points)
-    for level, got in _eval(points, "erf").items():
+    for level, got in _eval(points, fn).items():
         err = (got - ref)[finite].abs().max().item()
-        assert err < 7e-7, f"erf isa {level}: absolute error {err:.3g}"
-        big = finite & (points.abs() >= 3.925)
-        assert (got[big] == torch.sign(points[big].double())).all(), f"isa {level}: |x| >= 3.925 -> +-1"
-    for level, got in _eval(SPECIALS, "erf").items():
-        assert got[0] == 1 and got[1] == -1 and torch.isnan(got[2]), f"erf isa {level}: specials"
-
-
-def test_fast_tanh_absolute_error_and_specials(points):
-    ref = torch.tanh(points.double())
-    finite = torch.isfinite(points)
-    for level, got in _eval(points, "tanh").items():
-        err = (got - ref)[finite].abs().max().item()
-        assert err < 2e-7, f"tanh isa {level}: absolute error {err:.3g}"
-    for level, got in _eval(SPECIALS, "tanh").items():
-        assert got[0] == 1 and got[1] == -1 and torch.isnan(got[2]), f"tanh isa {level}: specials"
+        assert err < bound, f"{fn} isa {level}: absolute error {err:.3g}"
+        if saturates_at is not None:
+            big = finite & (points.abs() >= saturates_at)
+            assert (got[big] == torch.sign(points[big].double())).all(), f"isa {level}: |x| >= {saturates_at} -> +-1"
+    for level, got in _eval(SPECIALS, fn).items():
+        assert got[0] == 1 and got[1] == -1 and torch.isnan(got[2]), f"{fn} isa {level}: specials"
 
 
 def test_gelu_erf_and_grad_errors_and_specials(points):
