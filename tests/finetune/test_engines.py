@@ -21,6 +21,7 @@ import torch
 
 from bertperf.finetune import cli
 from bertperf.utils.errors import BertperfError
+from bertperf.train.engine import free_port
 from tests.finetune.conftest import write_sentiment_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -93,7 +94,7 @@ def test_deepspeed_two_ranks_zero2_follows_the_plain_run(task, plain_run, tmp_pa
     out = tmp_path / "ds"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     deepspeed = Path(sys.executable).with_name("deepspeed")
-    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(REPO / "bertperf" / "finetune.py"),
+    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "bertperf" / "finetune.py"),
            *_args(task, out, "--deepspeed_config", str(REPO / "configs" / "ds-finetune.json"))]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -128,14 +129,6 @@ def test_a_rank_ends_without_interpreter_teardown(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout) == (3, "still here and flushed"), proc.stderr[-2000:]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_bf16_autocast_trains(task, tmp_path):

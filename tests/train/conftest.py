@@ -39,20 +39,16 @@ def ds_config(tmp_path) -> Path:
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from bertperf.train.engine import free_port  # noqa: F401  (the tests here import it from this module)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SCRIPT = REPO / "bertperf" / "pretrain.py"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env() -> dict[str, str]:
