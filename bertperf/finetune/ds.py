@@ -23,26 +23,10 @@ fp32 masters under bf16 / ZeRO, `safe_get_full_fp32_param`, a collective), copie
 fp32 copy of the model kept on rank 0, and saved from there to `<output_dir>/best`; rank 0 then
 scores dev and writes the predictions with that copy, as the plain run does.
 
-Process exit: a process that ran this must end without interpreter teardown
-(`bertperf.train.engine.end_process_after_distributed_run`, called by `bertperf/finetune.py` on
-every rank once the outputs are written). Otherwise a rank can abort after its work is done with "terminate called
-without an active exception" (SIGABRT; the launcher exits 250). The mechanism, traced with gdb on
-torch 2.13 / DeepSpeed 0.19.8 / CPython 3.11:
-- gloo process groups keep their worker threads (`pt_gloo_runloop`) until their C++ object is
-  destroyed. `destroy_process_group()` does not stop them (gloo's `shutdown()`/`abort()` leave
-  the threads running) and DeepSpeed keeps references to the groups (`deepspeed.utils.groups`,
-  each parameter's `_dp_group`, the engine), so they live on into interpreter teardown.
-- a worker drops the last reference to each finished collective (`~AsyncWork`). When its tensors
-  were created in Python and Python let go of them first, that release runs Python code and
-  takes the GIL inside the C++ destructor (runLoop -> ~AsyncWork -> TensorImpl::decref_pyobject
-  -> THPVariable_dealloc -> PyEval_RestoreThread; dozens of times per run on rank 1, the last
-  ones just before the final barriers).
-- once CPython has begun finalizing, a thread taking the GIL is ended with pthread_exit(); its
-  forced unwinding cannot cross the noexcept destructor, so std::terminate aborts the process
-  with exactly that message.
-The aborting CI runs themselves were not captured (none in 51 runs here), so which release hit
-that window there is not known. os._exit after flushing skips the teardown: no thread is then
-told to exit while it is inside C++.
+Process exit: a process that ran this must end without interpreter teardown, where a rank can
+abort after its work is done: `bertperf/finetune.py` calls
+`bertperf.train.engine.end_process_after_distributed_run` on every rank (its docstring has the
+mechanism, traced with gdb).
 """
 from __future__ import annotations
 

@@ -182,7 +182,10 @@ def end_process_after_distributed_run(code: int) -> None:
     tensors) during interpreter teardown; CPython then ends it with pthread_exit inside a C++
     destructor, and std::terminate aborts the rank ("terminate called without an active
     exception", exit 250 from the launcher). Traced with gdb on torch 2.13 / DeepSpeed 0.19.8 /
-    CPython 3.11; seen in 2 of 4 fresh-clone test runs of a 2-rank fine-tune, never reproduced in
+    CPython 3.11: the threads are gloo's `pt_gloo_runloop` workers (destroy, gloo's shutdown and
+    abort leave them running; DeepSpeed holds the groups in `deepspeed.utils.groups`, each
+    parameter's `_dp_group` and the engine), and the path is runLoop -> ~AsyncWork ->
+    TensorImpl::decref_pyobject -> THPVariable_dealloc -> PyEval_RestoreThread. Seen in 2 of 4 fresh-clone test runs of a 2-rank fine-tune, never reproduced in
     51 later runs. Logging handlers, stdout and stderr are flushed first, and MPI is finalized if
     mpi4py initialized it (mpirun reports a rank that exits without MPI_Finalize as a failure);
     atexit handlers do not run.
