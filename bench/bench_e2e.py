@@ -67,6 +67,10 @@ from bertperf.model.config import ATTENTION_IMPLS
 from bertperf.model.heads import BertForPreTraining
 from bertperf.report.flops import pretrain_flops_per_sequence
 from bertperf.report.machine import write_bench_json
+from bertperf.utils.malloc import describe
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_malloc_argument, use_malloc  # noqa: E402
 
 MODELS = ("tiny", "mini", "small", "base")
 MASKED = {128: 20, 512: 80}
@@ -324,7 +328,7 @@ def format_rows(rows: list[dict], peaks: dict[str, float]) -> str:
                      f"| {r['tflops']:.3f} | {100 * r['mfu']:.1f}% | {100 * r.get('mfu_own_flops', r['mfu']):.1f}% |")
     lines.append("")
     lines.append("peak GEMM measured in this run: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
-                 + f"; {torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f}")
+                 + f"; {torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f}; {describe()}")
     return "\n".join(lines)
 
 
@@ -360,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
                         "each model, e.g. --profile bertperf eager fp32; JSON kind 'profile'")
     p.add_argument("--profile_top", type=int, default=25, help="ops kept in the profile")
     p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "e2e.json"))
+    add_malloc_argument(p)
     args = p.parse_args(argv)
+    use_malloc(args, argv)
     torch.set_num_threads(args.threads)
     if args.profile:
         rows = []
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"steps per model {[case_steps(args, m, s) for m in args.models for s in args.seqs]} "
                           f"after warm-up, batch {args.batch} at seq <= 128, {args.threads} threads, "
                           f"bertperf kernel_backend {args.kernel_backend}, attention_impl {args.attention_impl}, "
-                          f"load average {os.getloadavg()[0]:.2f}"])
+                          f"load average {os.getloadavg()[0]:.2f}; {describe()}"])
         print(f"\nwrote {path}")
         return 0
     peaks = {"fp32": peak_gemm(args.gemm, torch.float32), "bf16": peak_gemm(args.gemm, torch.bfloat16)}
@@ -399,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
              f"batch {args.batch} at seq 128, {case_batch(args, 512)} at seq 512; {args.rounds} alternating rounds "
              f"of {args.steps or STEPS} steps (/4 at seq 512); warm-up excluded: {args.warmup} steps eager, "
              f"{args.warmup_compile} compiled (compilation included there)",
-             f"bertperf: kernel_backend {args.kernel_backend}, attention_impl {args.attention_impl}"]
+             f"bertperf: kernel_backend {args.kernel_backend}, attention_impl {args.attention_impl}",
+             describe() + ", the same for every contender (one process)"]
     if args.min_len:
         notes.append(f"padded batches: lengths uniform in [{args.min_len}, seq]; FLOPs and MFU still count "
                      f"every position as a token (the padded work), so they overstate an unpadded run's work")

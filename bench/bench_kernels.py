@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Case, collect, device, format_table, parser, with_totals  # noqa: E402
+from common import Case, collect, device, format_table, parser, use_malloc, with_totals  # noqa: E402
 
 OPS = ("layer_norm", "bias_gelu", "bias_dropout_residual", "softmax")
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"),
                    help="bench result file for `bertperf report` (default %(default)s)")
     args = p.parse_args(argv)
+    use_malloc(args, argv)
     modules = [importlib.import_module(f"bench_{op}") for op in args.ops]
     builders = [m.build_cases for m in modules]
     notes = [n for m in modules for n in getattr(m, "NOTES", [])]
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         print("\n" + "\n".join(notes))
     from bertperf.report.machine import write_bench_json
+    from bertperf.utils.malloc import describe
 
     out = [{"op": r.op, "shape": r.shape, "dtype": r.dtype, "threads": r.threads, "pass": r.pass_,
             "backend": r.backend, "fused_ms": round(r.fused_ms, 4), "eager_ms": round(r.eager_ms, 4),
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             "copy_bw_frac": None if r.bw_frac is None else round(r.bw_frac, 3)} for r in with_totals(rows)]
     bw = ", ".join(f"{t} thread(s) {b:.1f} GB/s" for t, b in bandwidth.items())
     write_bench_json(args.json, "kernels", "Fused kernels against eager torch and torch.compile", out,
-                     [f"copy bandwidth measured in this run: {bw}", "x_eager / x_compile = baseline time / fused "
+                     [f"copy bandwidth measured in this run: {bw}", describe(), "x_eager / x_compile = baseline time / fused "
                       "time; targets: x_eager >= 1.5 (fwd+bwd) and >= 70% of copy bandwidth (beyond-cache rows)"]
                      + notes)
     print(f"wrote {args.json}")

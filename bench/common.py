@@ -235,6 +235,9 @@ def format_table(rows: list[Row], bandwidth: dict[int, float], dev: torch.device
                  "x eager / x compile = baseline time / fused time (higher is better); times are "
                  "the best of 7 batches; torch.compile (inductor, dynamic=False) is warmed up "
                  "(compiled) before its timing starts.")
+    from bertperf.utils.malloc import describe
+
+    lines.append(describe() + ", for the fused ops and their baselines alike.")
     return "\n".join(lines)
 
 
@@ -247,7 +250,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--no-big", action="store_true", help="skip the beyond-cache bandwidth sizes")
     p.add_argument("--no-backward", action="store_true", help="time forward passes only")
+    add_malloc_argument(p)
     return p
+
+
+def add_malloc_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--malloc", choices=["jemalloc", "glibc"], default="jemalloc",
+                   help="allocator of this process, baselines included (default %(default)s, as bertperf's "
+                        "training runs; bertperf.utils.malloc)")
+
+
+def use_malloc(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Run this bench process on the allocator `--malloc` names (re-executes it once for jemalloc).
+    Only when the bench is its own process (argv None): from Python it keeps the caller's."""
+    if argv is None:
+        from bertperf.utils import malloc
+
+        os.environ[malloc.ENV_CHOICE] = args.malloc
+        malloc.relaunch_with_jemalloc()
 
 
 def bench_main(build_cases: Callable[..., list[Case]], description: str, argv: list[str] | None = None,
@@ -255,6 +275,7 @@ def bench_main(build_cases: Callable[..., list[Case]], description: str, argv: l
     """Common CLI: builds cases per dtype, runs them at each thread count, prints the table and
     the op's `notes` (its byte arithmetic: what bounds the ratio against eager)."""
     args = parser(description).parse_args(argv)
+    use_malloc(args, argv)
     rows, bandwidth = collect(build_cases, args)
     print(format_table(rows, bandwidth, device()))
     if notes:

@@ -17,6 +17,8 @@ COMMANDS = {
     "finetune": ("bertperf.finetune.cli", "fine-tune on GLUE, SQuAD v1.1/v2.0, NER or TNEWS"),
     "report": ("bertperf.report.report", "throughput report (markdown + HTML with plots) from runs and benches"),
 }
+# commands that train: their process runs on jemalloc (bertperf.utils.malloc)
+TRAINING = {"finetune"}
 
 
 def usage() -> str:
@@ -26,6 +28,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # called as the `bertperf` command, not from Python
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -34,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bertperf: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if name in TRAINING and own_process:
+        from bertperf.utils.malloc import relaunch_with_jemalloc
+
+        relaunch_with_jemalloc()  # before the command's imports: the process starts again once
     module = importlib.import_module(COMMANDS[name][0])
     return run_cli(lambda: module.main(rest), prog=f"bertperf {name}")
 

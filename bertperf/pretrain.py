@@ -60,6 +60,10 @@ if __name__ == "__main__":
     _here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
         sys.path.pop(0)
+    # training runs on jemalloc (re-executes this process once; bertperf.utils.malloc says why)
+    from bertperf.utils.malloc import relaunch_with_jemalloc
+
+    relaunch_with_jemalloc()
 
 import argparse
 import contextlib
@@ -406,6 +410,9 @@ def train(run: Run) -> int:
              args.model_config, n_params / 1e6, placement.world_size, threads,
              setup.zero_stage, "bf16" if setup.bf16 else "fp32", setup.micro_batch, setup.grad_accum,
              setup.global_batch, loader.num_samples, loader.seq_length, step, args.max_steps)
+    from bertperf.utils.malloc import describe
+
+    log.info("%s", describe())
 
     guard = faults.NonFiniteGuard(args.max_bad_steps, placement.world_size, skipped)
     engine.train()

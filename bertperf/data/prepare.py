@@ -31,9 +31,10 @@ import os
 import sys
 
 from bertperf.data.extract import LANGUAGES
-from bertperf.data.stream import (SHARD_NAME, Phase, StreamConfig, Summary, keep_freed_memory, parse_phases, run,
+from bertperf.data.stream import (SHARD_NAME, Phase, StreamConfig, Summary, parse_phases, run,
                                   summary_dict)
 from bertperf.utils.errors import BertperfError, run_cli
+from bertperf.utils.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 

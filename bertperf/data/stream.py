@@ -64,6 +64,7 @@ from typing import Iterable, Iterator
 from bertperf.data.extract import AUTO, RawDocument, ReadStats, detect_kind, read_raw_documents, split_document
 from bertperf.utils.atomic import atomic_write_json
 from bertperf.utils.errors import BertperfError
+from bertperf.utils.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -183,27 +184,6 @@ def _make_context(cfg: StreamConfig, fingerprint: str) -> _Context:
     special = SpecialIds(cls=tok.cls_id, sep=tok.sep_id, mask=tok.mask_id, vocab_size=tok.vocab_size,
                          is_subword=tok.is_subword)
     return _Context(cfg, fingerprint, tok, special)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the kernel:
-    each block allocates and frees the same sizes again, and by default every block pays for its
-    memory again in page faults. Settings: the heap is trimmed only above 32 MiB free and grows
-    in 16 MiB steps; allocations of 32 MiB or more (glibc's own largest dynamic threshold) are
-    still separate mmaps, returned when freed. Measured on the bench's 8x input, 1 worker: 239k ->
-    47k minor faults, 0.6 -> 0.2 s of system time, the same peak RSS (1 GiB / 64 MiB instead:
-    22k faults, but each worker then holds its largest block's memory, +14 MB over 2 workers).
-    Process-wide, so only the `prepare` CLI and the pool's workers call it. Returns False (and
-    changes nothing) where malloc is not glibc's."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return all(mallopt(param, value) == 1 for param, value in
-               ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 32 << 20), (m_top_pad, 16 << 20)))
 
 
 def _worker_imports() -> None:

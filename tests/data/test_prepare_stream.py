@@ -91,14 +91,6 @@ def test_workers_forked_or_spawned_give_the_same_bytes(one_worker, corpus, vocab
     assert digests(tmp_path / "out") == digests(one_worker)
 
 
-def test_keep_freed_memory_on_glibc():
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip(f"malloc tuning is for glibc; this is {platform.system()} {platform.libc_ver()}")
-    assert stream.keep_freed_memory() is True
-
-
 def test_parent_memory_does_not_grow_with_the_input(sample_documents, vocab_file, tmp_path):
     """The same text 1x and 8x: the parent's maximum of documents held (an instrumented count of
     documents read and not yet released) stays at the bound for W=1, 2 blocks."""
