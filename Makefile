@@ -12,8 +12,8 @@ CSRC  := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/include/bertperf/*.h)
 APT_PACKAGES := openmpi-bin libopenmpi-dev
 # Chromium (headless) renders `bertperf report`'s HTML page in tests/report.
 APT_PACKAGES += chromium
-# jemalloc: training processes run on it (bertperf.utils.malloc: glibc's page faults cost ~10% of a step).
-APT_PACKAGES += libjemalloc2
+# tcmalloc: training processes run on it (bertperf.utils.malloc: glibc's page faults cost 10-15% of a step).
+APT_PACKAGES += libtcmalloc-minimal4
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMPI_ALLOW_RUN_AS_ROOT := 1

@@ -41,7 +41,9 @@ only). The same model FLOPs are credited to both contenders: HF's dense head doe
 work (128 / 20 positions) that this count does not reward: 4.1x our total FLOPs at tiny, 2.4x at
 mini, 1.9x at small, 1.2x at base (seq 128). MFU = achieved FLOP/s / the peak GEMM rate measured in
 this run (square fp32 and bf16 matmuls of `--gemm` size at the same thread count); "MFU own FLOPs"
-credits each contender with the FLOPs it executes (HF: the head at every position).
+credits each contender with the FLOPs it executes (HF: the head at every position; bertperf: its
+last layer at [CLS] and the masked rows only, `BertConfig.sparse_last_layer`, which the model count
+does not credit: there it shows as speed).
 
 Writes a bench result JSON (`--json`, default bench/results/e2e.json) for `bertperf report`.
 `--profile FRAMEWORK MODE PRECISION` runs one contender per model under torch.profiler instead and
@@ -268,6 +270,8 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
     fps = pretrain_flops_per_sequence(cfg, seq, masked)
     # the FLOPs HF executes: its MLM head runs at every position (m = s in the same formula)
     own_fps = {"hf": pretrain_flops_per_sequence(cfg, seq, seq)}
+    if cfg.sparse_last_layer:  # bertperf's last layer computes [CLS] and the masked rows only
+        own_fps["bertperf"] = own_fps["bertperf-unpad"] = pretrain_flops_per_sequence(cfg, seq, masked, masked + 1)
     best_hf = {p: max((statistics.median(rates[c.label]) for c in contenders if c.name == "hf" and c.precision == p),
                       default=None) for p in args.precisions}
     hf_fp32_eager = next((statistics.median(rates[c.label]) for c in contenders

@@ -255,19 +255,19 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def add_malloc_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--malloc", choices=["jemalloc", "glibc"], default="jemalloc",
+    p.add_argument("--malloc", choices=["tcmalloc", "glibc"], default="tcmalloc",
                    help="allocator of this process, baselines included (default %(default)s, as bertperf's "
                         "training runs; bertperf.utils.malloc)")
 
 
 def use_malloc(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """Run this bench process on the allocator `--malloc` names (re-executes it once for jemalloc).
+    """Run this bench process on the allocator `--malloc` names (re-executes it once for tcmalloc).
     Only when the bench is its own process (argv None): from Python it keeps the caller's."""
     if argv is None:
         from bertperf.utils import malloc
 
         os.environ[malloc.ENV_CHOICE] = args.malloc
-        malloc.relaunch_with_jemalloc()
+        malloc.relaunch_with_tcmalloc()
 
 
 def bench_main(build_cases: Callable[..., list[Case]], description: str, argv: list[str] | None = None,

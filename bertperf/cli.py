@@ -17,7 +17,7 @@ COMMANDS = {
     "finetune": ("bertperf.finetune.cli", "fine-tune on GLUE, SQuAD v1.1/v2.0, NER or TNEWS"),
     "report": ("bertperf.report.report", "throughput report (markdown + HTML with plots) from runs and benches"),
 }
-# commands that train: their process runs on jemalloc (bertperf.utils.malloc)
+# commands that train: their process runs on tcmalloc (bertperf.utils.malloc)
 TRAINING = {"finetune"}
 
 
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertperf: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     if name in TRAINING and own_process:
-        from bertperf.utils.malloc import relaunch_with_jemalloc
+        from bertperf.utils.malloc import relaunch_with_tcmalloc
 
-        relaunch_with_jemalloc()  # before the command's imports: the process starts again once
+        relaunch_with_tcmalloc()  # before the command's imports: the process starts again once
     module = importlib.import_module(COMMANDS[name][0])
     return run_cli(lambda: module.main(rest), prog=f"bertperf {name}")
 

@@ -60,10 +60,10 @@ if __name__ == "__main__":
     _here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _here:
         sys.path.pop(0)
-    # training runs on jemalloc (re-executes this process once; bertperf.utils.malloc says why)
-    from bertperf.utils.malloc import relaunch_with_jemalloc
+    # training runs on tcmalloc (re-executes this process once; bertperf.utils.malloc says why)
+    from bertperf.utils.malloc import relaunch_with_tcmalloc
 
-    relaunch_with_jemalloc()
+    relaunch_with_tcmalloc()
 
 import argparse
 import contextlib

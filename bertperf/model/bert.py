@@ -238,11 +238,15 @@ class BertLayer(nn.Module):
         self.ffn_out = nn.Linear(i, h)
         self.ffn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
 
-    def forward(self, x: Tensor, mask: Tensor | None, packed: "Packing | None" = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, packed: "Packing | None" = None,
+                rows: Tensor | None = None) -> Tensor:
         """x: [B, S, h]; mask: bool [B, 1, 1, S] or None -> [B, S, h].
 
         With `packed`, x is [T, h]: the T valid tokens only (see `Packing`); the projections,
-        the FFN and the fused points run on them, attention on the padded [B, S] layout."""
+        the FFN and the fused points run on them, attention on the padded [B, S] layout.
+        With `rows` (int64 [B, R], positions in [0, S)), only those rows' outputs are computed:
+        keys and values at every token, the rest (queries' attention, output projection, FFN)
+        at the R rows; returns [B, R, h] (padded layout, also when `packed`)."""
         cfg = self.config
         be, h = cfg.kernel_backend, cfg.hidden_size
         b, s = (packed.batch, packed.seq) if packed is not None else (x.shape[0], x.shape[1])
@@ -251,6 +255,12 @@ class BertLayer(nn.Module):
         if packed is not None:
             qkv = packed.pad(qkv)
         q, k, v = qkv.view(b, s, 3, a, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, A, S, d]
+        if rows is not None:
+            if packed is not None:
+                x, packed = packed.pad(x), None
+            s = rows.shape[1]
+            q = q.gather(2, rows[:, None, :, None].expand(b, a, s, d))  # [B, A, R, d]
+            x = x.gather(1, rows[:, :, None].expand(b, s, h))  # the residual at the rows, [B, R, h]
         ctx = attention(q, k, v, mask, cfg.attention_probs_dropout_prob, self.training, be,
                         cfg.attention_impl)
         ctx = ctx.transpose(1, 2).reshape(b, s, h)
@@ -369,11 +379,15 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None,
-                input_mask: Tensor | None = None, sparse_word_grad: bool = False) -> BertModelOutput:
+                input_mask: Tensor | None = None, sparse_word_grad: bool = False,
+                output_positions: Tensor | None = None) -> BertModelOutput:
         """input_ids, segment_ids (default 0), input_mask (1 = token, 0 = padding; default all 1):
         int [B, S]. Padding positions get outputs too (zeros with `config.unpad`), but valid
         positions never see them.
-        sparse_word_grad: see `BertEmbeddings.forward` (only for a tied decoder)."""
+        sparse_word_grad: see `BertEmbeddings.forward` (only for a tied decoder).
+        output_positions: int [B, P] or None. When given, last_hidden_state is [B, P, h], the
+        outputs at those positions only: the last layer computes just them and [CLS] (for the
+        pooler), see `BertLayer.forward`'s `rows`. The values equal the full output's there."""
         _check_inputs(self.config, input_ids, segment_ids, input_mask)
         if segment_ids is None:
             segment_ids = torch.zeros_like(input_ids)
@@ -383,11 +397,16 @@ class BertModel(BertPreTrainedModel):
         if self.config.unpad and mask is not None and not torch.compiler.is_compiling():
             packed = Packing.of(input_mask)
             x = packed.unpad(x)  # [T, h]
-        for layer in self.layers:
-            x = layer(x, mask, packed)
-        if packed is not None:
+        rows = None
+        if output_positions is not None:  # [CLS] first (the pooler reads it), then the positions
+            rows = torch.cat([output_positions.new_zeros(output_positions.shape[0], 1), output_positions], 1).long()
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, packed, rows if i == len(self.layers) - 1 else None)
+        if packed is not None and (rows is None or not self.layers):
             x = packed.pad(x)  # pad positions: zeros
+        if rows is not None and not self.layers:
+            x = x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
         pooled = None
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(x[:, 0]))
-        return BertModelOutput(last_hidden_state=x, pooler_output=pooled)
+        return BertModelOutput(last_hidden_state=x if rows is None else x[:, 1:], pooler_output=pooled)

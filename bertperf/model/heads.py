@@ -202,20 +202,28 @@ class BertForPreTraining(BertPreTrainedModel):
         includes `mlm_loss` (a backward of `nsp_loss` alone would leave a sparse `.grad`)."""
         if masked_lm_ids is not None and masked_lm_positions is None:
             raise BertperfError("masked_lm_ids were given without masked_lm_positions")
+        if masked_lm_positions is not None and (masked_lm_positions.dim() != 2
+                                                or masked_lm_positions.shape[0] != input_ids.shape[0]):
+            raise BertperfError(f"masked_lm_positions has shape {tuple(masked_lm_positions.shape)}, "
+                                f"expected [{input_ids.shape[0]}, P]")
         # the MLM loss gives the tied word weight a dense gradient (the decoder's); the lookup's
         # gradient is then added into it as sparse rows (see BertEmbeddings.forward)
         sparse_word_grad = masked_lm_ids is not None and masked_lm_positions is not None
-        out = self.bert(input_ids, segment_ids, input_mask, sparse_word_grad=sparse_word_grad)
+        # the heads read [CLS] and the masked positions: the last layer computes only those rows
+        sparse_rows = masked_lm_positions is not None and self.config.sparse_last_layer
+        out = self.bert(input_ids, segment_ids, input_mask, sparse_word_grad=sparse_word_grad,
+                        output_positions=masked_lm_positions if sparse_rows else None)
         assert out.pooler_output is not None
         nsp_logits = self.nsp(out.pooler_output)
         mlm_loss = nsp_loss = mlm_correct = mlm_count = nsp_correct = None
         if masked_lm_positions is None:
             mlm_logits = self.mlm(out.last_hidden_state)
         else:
-            if masked_lm_positions.shape[0] != input_ids.shape[0] or masked_lm_positions.dim() != 2:
-                raise BertperfError(f"masked_lm_positions has shape {tuple(masked_lm_positions.shape)}, "
-                                    f"expected [{input_ids.shape[0]}, P]")
-            hidden, valid = gather_masked(out.last_hidden_state, masked_lm_positions)
+            if sparse_rows:  # last_hidden_state: [B, P, h] at masked_lm_positions
+                valid = masked_lm_positions > 0
+                hidden = out.last_hidden_state[valid]
+            else:
+                hidden, valid = gather_masked(out.last_hidden_state, masked_lm_positions)
             mlm_logits = self.mlm(hidden)  # [M, V]
             if masked_lm_ids is not None:
                 labels = masked_lm_ids[valid]

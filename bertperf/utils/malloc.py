@@ -9,13 +9,15 @@ BERT-base training takes ~3.6M faults in 40 s under glibc; the [vocab, hidden] g
 word embeddings alone (94 MB, a fresh mapping every step) makes its GEMM run at 125 instead of
 264 GFLOP/s. Two remedies, each for one kind of process:
 
-* Training (`pretrain`, `finetune`, the benches): jemalloc, preloaded by re-executing the process
-  once at start (`relaunch_with_jemalloc`), with freed pages kept (`JEMALLOC_CONF`). This is what
-  torch's own CPU launcher (`torch.backends.xeon.run_cpu --enable_jemalloc`) and Intel's tuning
-  guide do. Measured: base fp32 3.42 -> 3.92 seq/s, and Hugging Face's BERT in the same process
-  2.02 -> 2.61. glibc alone cannot do it here: with mmap off (M_MMAP_MAX = 0) glibc 2.36 cannot
-  reuse a freed block for the next 64-byte-aligned request of the same size (torch aligns every
-  tensor), so the heap grows by one block per step (tests/utils/test_malloc.py shows both).
+* Training (`pretrain`, `finetune`, the benches): tcmalloc (gperftools' minimal build), preloaded
+  by re-executing the process once at start (`relaunch_with_tcmalloc`), as torch's own CPU
+  launcher does (`torch.backends.xeon.run_cpu --enable_tcmalloc`). Measured (eager fp32, one
+  process, both contenders on the same allocator): base 3.42 -> 3.95 seq/s, Hugging Face's BERT
+  2.02 -> 2.58; 3.6M -> 1.5M page faults. Rejected: glibc with mmap off (M_MMAP_MAX = 0): glibc
+  2.36 cannot reuse a freed block for the next 64-byte-aligned request of the same size (torch
+  aligns every tensor), so the heap grew by one block per step; jemalloc with freed pages kept
+  (dirty_decay_ms:-1, Intel's setting) is as fast, but the kernel benches' varied sizes grew it
+  past 24 GiB (tcmalloc: 6.6 GB), and with its default decay it faults more than glibc.
   `BERTPERF_MALLOC=glibc` keeps glibc's defaults.
 * The data pipeline (`prepare` and its workers, forked: a re-exec would lose the fork's shared
   tokenizer): `keep_freed_memory()`, a bounded glibc setting: the heap is trimmed only above
@@ -33,54 +35,56 @@ import sys
 
 LOG = logging.getLogger(__name__)
 
-ENV_CHOICE = "BERTPERF_MALLOC"  # "jemalloc" (default) or "glibc"
+ENV_CHOICE = "BERTPERF_MALLOC"  # "tcmalloc" (default) or "glibc"
 _ENV_RELAUNCHED = "BERTPERF_MALLOC_RELAUNCHED"  # set in the re-executed process: never loop
-# Freed pages are kept (no decay) and large blocks get their own extents, reused by size class.
-JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
-_JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
+_TCMALLOC_PATHS = tuple(f"{d}/libtcmalloc_minimal.so.4" for d in (
+    "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/local/lib"))
+# tcmalloc reports every allocation above 1 GiB on stderr by default; tensors that size are normal
+_TCMALLOC_ENV = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
 
 # mallopt parameter numbers (glibc's <malloc.h>)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
 
-def find_jemalloc() -> str | None:
-    """Path of libjemalloc.so.2 (Debian: `apt-get install libjemalloc2`, which `make setup` does)."""
-    for path in _JEMALLOC_PATHS:
+def find_tcmalloc() -> str | None:
+    """Path of libtcmalloc_minimal.so.4 (Debian: `apt-get install libtcmalloc-minimal4`, which
+    `make setup` does)."""
+    for path in _TCMALLOC_PATHS:
         if os.path.exists(path):
             return path
-    name = ctypes.util.find_library("jemalloc")
+    name = ctypes.util.find_library("tcmalloc_minimal")
     return name if name else None
 
 
 def active() -> str:
-    """The allocator this process runs: "jemalloc" when it is loaded, else "glibc"."""
+    """The allocator this process runs: "tcmalloc" when it is loaded, else "glibc"."""
     try:
         with open("/proc/self/maps") as f:
-            return "jemalloc" if "libjemalloc" in f.read() else "glibc"
+            return "tcmalloc" if "libtcmalloc" in f.read() else "glibc"
     except OSError:
         return "glibc"
 
 
-def relaunch_with_jemalloc() -> None:
-    """Re-execute this process (same PID, same argv and environment) with jemalloc preloaded, once.
+def relaunch_with_tcmalloc() -> None:
+    """Re-execute this process (same PID, same argv and environment) with tcmalloc preloaded, once.
     Call it first thing in a training CLI's `__main__`, before threads, MPI or process groups
-    exist. Does nothing when jemalloc already runs, when `BERTPERF_MALLOC=glibc`, when it was
-    tried already, or when jemalloc is not installed (then it logs a warning once)."""
-    choice = os.environ.get(ENV_CHOICE, "jemalloc")
-    if choice not in ("jemalloc", "glibc"):
-        raise ValueError(f"{ENV_CHOICE}={choice!r}: expected 'jemalloc' or 'glibc' (unset means jemalloc)")
-    if choice == "glibc" or active() == "jemalloc" or os.environ.get(_ENV_RELAUNCHED):
+    exist. Does nothing when tcmalloc already runs, when `BERTPERF_MALLOC=glibc`, when it was
+    tried already, or when tcmalloc is not installed (then it logs a warning)."""
+    choice = os.environ.get(ENV_CHOICE, "tcmalloc")
+    if choice not in ("tcmalloc", "glibc"):
+        raise ValueError(f"{ENV_CHOICE}={choice!r}: expected 'tcmalloc' or 'glibc' (unset means tcmalloc)")
+    if choice == "glibc" or active() == "tcmalloc" or os.environ.get(_ENV_RELAUNCHED):
         return
-    path = find_jemalloc()
+    path = find_tcmalloc()
     if path is None:
         logging.getLogger(__name__).warning(
-            "malloc: jemalloc not found, training runs on glibc's malloc (page faults cost ~10%% of a "
-            "BERT-base step); install it with `apt-get install libjemalloc2` (`make setup` does)")
+            "malloc: tcmalloc not found, training runs on glibc's malloc (page faults cost 10-15%% of a "
+            "BERT-base step); install it with `apt-get install libtcmalloc-minimal4` (`make setup` does)")
         return
     env = dict(os.environ)
     env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
-    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    for key, value in _TCMALLOC_ENV.items():
+        env.setdefault(key, value)
     env[_ENV_RELAUNCHED] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
@@ -101,6 +105,6 @@ def keep_freed_memory() -> bool:
 
 def describe() -> str:
     """One line for logs and bench footers: the allocator this process runs."""
-    if active() == "jemalloc":
-        return f"malloc: jemalloc (preloaded; MALLOC_CONF={os.environ.get('MALLOC_CONF', '')})"
+    if active() == "tcmalloc":
+        return "malloc: tcmalloc (preloaded, bertperf.utils.malloc)"
     return "malloc: glibc"

@@ -49,13 +49,13 @@ def test_hf_round_trip_and_transformers_reads_it(tmp_path, name):
     c.save_json(p, "hf", architectures=["BertModel"])
     d = json.loads(p.read_text())
     assert d["model_type"] == "bert" and d["architectures"] == ["BertModel"]
-    assert "kernel_backend" not in d and "unpad" not in d  # run-time settings, not the model's
+    assert not {"kernel_backend", "unpad", "sparse_last_layer"} & set(d)  # run-time settings, not the model's
     assert BertConfig.detect_flavor(d) == "hf"
     assert BertConfig.from_json(p) == c
     assert BertConfig.resolve(tmp_path) == c  # a directory holding config.json
     hf = transformers.BertConfig.from_pretrained(tmp_path)
     for f in dataclasses.fields(BertConfig):
-        if f.name not in ("kernel_backend", "unpad"):
+        if f.name not in ("kernel_backend", "unpad", "sparse_last_layer"):
             assert getattr(hf, f.name) == getattr(c, f.name), f.name
 
 

@@ -153,3 +153,47 @@ def test_unpad_is_not_written_to_json(tmp_path):
     assert "unpad" not in cfg.to_hf_dict()
     with pytest.raises(Exception, match="unpad"):
         CONFIG.replace(unpad="yes")
+
+
+@pytest.mark.parametrize("impl,backend", [("sdpa", "torch"), ("fused", "cpu")])
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("lengths,unpad", [([24, 7, 13], False), ([24, 7, 13], True), ([24, 24], False)])
+def test_sparse_last_layer_equals_full(impl, backend, layers, lengths, unpad):
+    """config.sparse_last_layer (the last layer computes only [CLS] and the masked rows): the same
+    loss, logits and every gradient as the full last layer; BertModel's output at the positions
+    equals the full output gathered there."""
+    cfg = CONFIG.replace(attention_impl=impl, kernel_backend=backend, num_hidden_layers=layers, unpad=unpad)
+    torch.manual_seed(0)
+    full = BertForPreTraining(cfg.replace(sparse_last_layer=False)).train()
+    perturb_(full, 11)
+    sparse = BertForPreTraining(cfg).train()
+    sparse.load_state_dict(full.state_dict())
+    gen = torch.Generator().manual_seed(sum(lengths) + layers)
+    ids, seg, mask = random_batch(gen, len(lengths), max(lengths), CONFIG.vocab_size, lengths)
+    pos = random_positions(gen, lengths, 6, [min(5, n - 1) for n in lengths])  # zero-padded rows too
+    mlm_ids = torch.where(pos > 0, torch.randint(1, CONFIG.vocab_size, pos.shape, generator=gen), 0)
+    nsp = torch.randint(0, 2, (len(lengths),), generator=gen)
+    outs = []
+    for model in (full, sparse):
+        out = model(ids, seg, mask, pos, mlm_ids, nsp)
+        out.loss.backward()
+        outs.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (o0, g0), (o1, g1) = outs
+    assert o1.mlm_logits.shape == o0.mlm_logits.shape == (int((pos > 0).sum()), CONFIG.vocab_size)
+    for name in ("loss", "mlm_loss", "nsp_loss", "mlm_logits", "nsp_logits"):
+        torch.testing.assert_close(getattr(o1, name), getattr(o0, name), rtol=1e-5, atol=1e-5, msg=name)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-6, msg=n)
+    with torch.no_grad():
+        every = sparse.bert(ids, seg, mask)
+        at = sparse.bert(ids, seg, mask, output_positions=pos)
+    assert at.last_hidden_state.shape == (len(lengths), pos.shape[1], CONFIG.hidden_size)
+    torch.testing.assert_close(at.last_hidden_state, every.last_hidden_state.gather(
+        1, pos[:, :, None].expand(-1, -1, CONFIG.hidden_size)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(at.pooler_output, every.pooler_output, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_last_layer_setting_is_checked_and_not_written_to_json():
+    assert "sparse_last_layer" not in CONFIG.to_hf_dict()
+    with pytest.raises(Exception, match="sparse_last_layer"):
+        CONFIG.replace(sparse_last_layer=1)

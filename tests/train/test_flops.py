@@ -70,3 +70,30 @@ def test_formula_matches_torch_flop_counter():
         loss.backward()
     cfg = SimpleNamespace(num_hidden_layers=L, hidden_size=h, intermediate_size=inter, vocab_size=V)
     assert counter.get_total_flops() == pretrain_flops_per_sequence(cfg, s, m)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bertperf_model_flops_match_formula(sparse):
+    """torch's FLOP counter over one training step of bertperf's own BertForPreTraining (fused
+    attention: plain matmuls the counter sees) equals the formula; with `sparse_last_layer` the
+    formula's `last_layer_rows = m + 1` ([CLS] and the masked rows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bertperf.model import BertConfig, BertForPreTraining
+
+    L, h, inter, heads, V, s, m = 2, 64, 128, 4, 500, 24, 5
+    cfg = BertConfig(vocab_size=V, hidden_size=h, num_hidden_layers=L, num_attention_heads=heads,
+                     intermediate_size=inter, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, attention_impl="fused", sparse_last_layer=sparse)
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg).train()
+    ids = torch.randint(5, V, (1, s))
+    positions = torch.tensor([[1, 4, 7, 11, 20]])
+    with FlopCounterMode(display=False) as counter:
+        out = model(ids, torch.zeros_like(ids), torch.ones_like(ids), positions, ids.gather(1, positions),
+                    torch.tensor([1]))
+        out.loss.backward()
+    shape = SimpleNamespace(num_hidden_layers=L, hidden_size=h, intermediate_size=inter, vocab_size=V)
+    assert counter.get_total_flops() == pretrain_flops_per_sequence(shape, s, m, m + 1 if sparse else None)
+    if sparse:
+        assert pretrain_flops_per_sequence(shape, s, m, s) == pretrain_flops_per_sequence(shape, s, m)

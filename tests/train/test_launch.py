@@ -105,7 +105,7 @@ def test_mpirun(job, reference):
     result = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=TIMEOUT)
     check_run(result, "mpirun -np 2")
     assert "on 2 ranks" in result.stdout
-    assert "malloc: jemalloc" in result.stdout  # the ranks re-executed themselves onto jemalloc (MPI kept)
+    assert "malloc: tcmalloc" in result.stdout  # the ranks re-executed themselves onto tcmalloc (MPI kept)
     assert metrics(out) == reference
 
 

@@ -1,5 +1,5 @@
 """bertperf.utils.malloc, each case in a fresh process (allocators are process-wide): the
-relaunch onto jemalloc, and what it buys, measured as the page faults of allocating, touching
+relaunch onto tcmalloc, and what it buys, measured as the page faults of allocating, touching
 and freeing a 96 MiB block again."""
 import json
 import os
@@ -17,7 +17,7 @@ SCRIPT = r"""
 import json, os, resource, sys
 from bertperf.utils import malloc
 if sys.argv[1] == "relaunch":
-    malloc.relaunch_with_jemalloc()
+    malloc.relaunch_with_tcmalloc()
 elif sys.argv[1] == "bounded":
     assert malloc.keep_freed_memory()
 import torch
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 
 
 def _run(mode: str, extra_env: dict[str, str] | None = None) -> tuple[list[str], str, int]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", malloc.ENV_CHOICE)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.ENV_CHOICE)}
     env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode, "x y"], env=env, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate()
@@ -49,25 +49,25 @@ def _run(mode: str, extra_env: dict[str, str] | None = None) -> tuple[list[str],
     return json.loads(args), allocator, int(faults)
 
 
-def test_jemalloc_is_installed():
-    assert malloc.find_jemalloc(), "libjemalloc2 is missing: `make setup` installs it (apt-get install libjemalloc2)"
+def test_tcmalloc_is_installed():
+    assert malloc.find_tcmalloc(), "libtcmalloc-minimal4 is missing: `make setup` installs it"
 
 
-def test_relaunch_runs_on_jemalloc_and_keeps_freed_memory():
+def test_relaunch_runs_on_tcmalloc_and_keeps_freed_memory():
     _, allocator, glibc_faults = _run("plain")
-    args, relaunched, jemalloc_faults = _run("relaunch")
-    assert allocator == "glibc" and relaunched == "jemalloc"
+    args, relaunched, tcmalloc_faults = _run("relaunch")
+    assert allocator == "glibc" and relaunched == "tcmalloc"
     assert args == ["relaunch", "x y"]  # the same argv, quoting intact
     assert glibc_faults >= 4 * PAGES  # glibc maps and zero-fills the block again for every step
-    assert jemalloc_faults < PAGES // 20  # jemalloc reuses the pages it has
+    assert tcmalloc_faults < PAGES // 20  # tcmalloc reuses the pages it has
 
 
 def test_glibc_choice_and_bad_choice():
     _, allocator, _ = _run("relaunch", {malloc.ENV_CHOICE: "glibc"})
     assert allocator == "glibc"
-    env = dict(os.environ, **{malloc.ENV_CHOICE: "tcmalloc"})
+    env = dict(os.environ, **{malloc.ENV_CHOICE: "jemalloc"})
     proc = subprocess.run([sys.executable, "-c", SCRIPT, "relaunch"], env=env, capture_output=True, text=True)
-    assert proc.returncode != 0 and "BERTPERF_MALLOC='tcmalloc': expected 'jemalloc' or 'glibc'" in proc.stderr
+    assert proc.returncode != 0 and "BERTPERF_MALLOC='jemalloc': expected 'tcmalloc' or 'glibc'" in proc.stderr
 
 
 def test_bounded_glibc_setting_still_returns_large_blocks():
