@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth, device, time_fn  # noqa: E402
+from common import add_malloc_argument, copy_bandwidth, device, time_fn, use_malloc  # noqa: E402
 
 from bertperf.optim import Lamb  # noqa: E402
 from bertperf.optim import lamb as lamb_mod  # noqa: E402
@@ -229,11 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed steps per implementation (median)")
     p.add_argument("--backends", nargs="+", default=["torch", "cpu"], choices=list(lamb_mod.BACKENDS[1:]))
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16-parameter rows")
+    add_malloc_argument(p)
     args = p.parse_args(argv)
+    use_malloc(args, argv)
     before = os.getloadavg()
     rows, bandwidth, numel = run(args)
     print(format_table(rows, bandwidth, numel))
     print(load_note(before))
+    from bertperf.utils.malloc import describe
+
+    print(describe() + ", for every implementation alike.")
     return 0
 
 
