@@ -25,6 +25,11 @@ warm-up, excluded and reported separately). Dropout 0.1 as in pre-training.
 Timing: after warm-up the contenders run in alternating rounds (A B C D, A B C D, ...) of
 `--steps` steps each, so drift in the machine's load hits all of them; each round gives one
 sequences/s figure and the table shows the median with the min and max over rounds.
+Each mode runs in its own fresh process (`--modes eager compile`: one child process per mode, its
+contenders alternating as above; the parent merges the rows and computes the ratio columns over
+all of a case's contenders, so "best HF" is the best of HF eager and compiled): compiled
+contenders in the same process slowed the eager ones down (BERT-base eager fp32 3.71 seq/s in
+the full matrix against 3.99-4.04 in an eager-only process; HF eager 2.67 against 2.78).
 
 Defaults (the full matrix: tiny, mini, small, base at seq 128 and base at seq 512, bertperf and
 HF, eager and compiled, fp32 and bf16 = 40 contenders):
@@ -40,8 +45,8 @@ FLOPs: `bertperf.report.flops` (matmul FLOPs only, 3x forward, MLM head at the m
 only). The same model FLOPs are credited to both contenders: HF's dense head does 6.4x more MLM
 work (128 / 20 positions) that this count does not reward: 4.1x our total FLOPs at tiny, 2.4x at
 mini, 1.9x at small, 1.2x at base (seq 128). MFU = achieved FLOP/s / the peak GEMM rate measured in
-this run (square fp32 and bf16 matmuls of `--gemm` size at the same thread count); "MFU own FLOPs"
-credits each contender with the FLOPs it executes (HF: the head at every position; bertperf: its
+the contender's process (square fp32 and bf16 matmuls of `--gemm` size at the same thread count);
+"MFU own FLOPs" credits each contender with the FLOPs it executes (HF: the head at every position; bertperf: its
 last layer at [CLS] and the masked rows only, `BertConfig.sparse_last_layer`, which the model count
 does not credit: there it shows as speed).
 
@@ -55,9 +60,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -69,6 +78,7 @@ from bertperf.model.config import ATTENTION_IMPLS
 from bertperf.model.heads import BertForPreTraining
 from bertperf.report.flops import pretrain_flops_per_sequence
 from bertperf.report.machine import write_bench_json
+from bertperf.utils.errors import BertperfError, run_cli
 from bertperf.utils.malloc import describe
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -272,28 +282,42 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
     own_fps = {"hf": pretrain_flops_per_sequence(cfg, seq, seq)}
     if cfg.sparse_last_layer:  # bertperf's last layer computes [CLS] and the masked rows only
         own_fps["bertperf"] = own_fps["bertperf-unpad"] = pretrain_flops_per_sequence(cfg, seq, masked, masked + 1)
-    best_hf = {p: max((statistics.median(rates[c.label]) for c in contenders if c.name == "hf" and c.precision == p),
-                      default=None) for p in args.precisions}
-    hf_fp32_eager = next((statistics.median(rates[c.label]) for c in contenders
-                          if (c.name, c.mode, c.precision) == ("hf", "eager", "fp32")), None)
     rows = []
     for c in contenders:
         med = statistics.median(rates[c.label])
         tflops = fps * med / 1e12
-        ref = best_hf.get(c.precision)
         rows.append({"model": model, "seq": seq, "batch": b, "min_len": args.min_len, "steps": steps,
                      "rounds": args.rounds,
                      "threads": torch.get_num_threads(),
                      "contender": c.name, "mode": c.mode, "precision": c.precision,
                      "seq_per_s": round(med, 3), "seq_per_s_min": round(min(rates[c.label]), 3),
                      "seq_per_s_max": round(max(rates[c.label]), 3),
-                     "x_best_hf_same_precision": round(med / ref, 3) if ref else None,
-                     "x_hf_fp32_eager": round(med / hf_fp32_eager, 3) if hf_fp32_eager else None,
+                     "x_best_hf_same_precision": None, "x_hf_fp32_eager": None,  # add_ratios
                      "tflops": round(tflops, 4), "mfu": round(tflops * 1e12 / peaks[c.precision], 4),
                      "mfu_own_flops": round(own_fps.get(c.name, fps) * med / peaks[c.precision], 4),
                      "warmup_s": round(c.warmup_s, 1)})
     del contenders
     gc.collect()
+    return add_ratios(rows)
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Fill the cross-contender columns in place over the rows of each (model, seq):
+    `x_best_hf_same_precision` = seq/s / the best HF seq/s of the same precision (any mode) and
+    `x_hf_fp32_eager` = seq/s / HF eager fp32's (None where the reference was not run). Used for
+    one process's rows and for the rows merged from the per-mode processes alike."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["seq"]), []).append(r)
+    for group in groups.values():
+        hf = [r for r in group if r["contender"] == "hf"]
+        best_hf = {p: max((r["seq_per_s"] for r in hf if r["precision"] == p), default=None)
+                   for p in {r["precision"] for r in group}}
+        hf_fp32_eager = next((r["seq_per_s"] for r in hf if (r["mode"], r["precision"]) == ("eager", "fp32")), None)
+        for r in group:
+            ref = best_hf[r["precision"]]
+            r["x_best_hf_same_precision"] = round(r["seq_per_s"] / ref, 3) if ref else None
+            r["x_hf_fp32_eager"] = round(r["seq_per_s"] / hf_fp32_eager, 3) if hf_fp32_eager else None
     return rows
 
 
@@ -322,7 +346,17 @@ def profile_case(model: str, seq: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def format_rows(rows: list[dict], peaks: dict[str, float]) -> str:
+def format_peaks(peaks: dict[str, dict[str, float]]) -> str:
+    """`{process: {precision: FLOP/s}}` as one phrase: "peak GEMM measured in this run: fp32 X
+    GFLOP/s, ..." for one process (key ""), "peak GEMM per process: eager fp32 X GFLOP/s, ...;
+    compile ..." for one process per mode."""
+    parts = [(f"{proc} " if proc else "") + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in pk.items())
+             for proc, pk in peaks.items()]
+    head = "peak GEMM measured in this run: " if list(peaks) == [""] else "peak GEMM per process: "
+    return head + "; ".join(parts)
+
+
+def format_rows(rows: list[dict], peaks: dict[str, dict[str, float]]) -> str:
     lines = ["| model | seq | contender | mode | prec | seq/s median [min, max] | x best HF (same prec) "
              "| x HF fp32 eager | TFLOP/s | MFU | MFU own FLOPs |", "|" + "---|" * 11]
     for r in rows:
@@ -331,8 +365,8 @@ def format_rows(rows: list[dict], peaks: dict[str, float]) -> str:
                      f"| {r['x_best_hf_same_precision'] or '-'} | {r['x_hf_fp32_eager'] or '-'} "
                      f"| {r['tflops']:.3f} | {100 * r['mfu']:.1f}% | {100 * r.get('mfu_own_flops', r['mfu']):.1f}% |")
     lines.append("")
-    lines.append("peak GEMM measured in this run: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
-                 + f"; {torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f}; {describe()}")
+    lines.append(format_peaks(peaks) + f"; {torch.get_num_threads()} thread(s); "
+                 f"load average {os.getloadavg()[0]:.2f}; {describe()}")
     return "\n".join(lines)
 
 
@@ -391,26 +425,24 @@ def main(argv: list[str] | None = None) -> int:
                           f"load average {os.getloadavg()[0]:.2f}; {describe()}"])
         print(f"\nwrote {path}")
         return 0
-    peaks = {"fp32": peak_gemm(args.gemm, torch.float32), "bf16": peak_gemm(args.gemm, torch.bfloat16)}
-    cases = [(m, s) for m in args.models for s in args.seqs]
-    if args.base512 and "base" in args.models and 512 not in args.seqs:
-        cases.append(("base", 512))
-    rows: list[dict] = []
-    for model, seq in cases:
-        rows += run_case(model, seq, args, peaks)
-        print(format_rows(rows[-len(args.frameworks) * len(args.modes) * len(args.precisions):], peaks),
-              file=sys.stderr, flush=True)
-    table = format_rows(rows, peaks)
-    print(table)
-    notes = [f"peak GEMM fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
-             f"({args.gemm}^3 matmul, {args.threads} threads, measured in this run)",
+    modes = list(dict.fromkeys(args.modes))
+    if len(modes) > 1:
+        rows, peaks = run_per_mode_processes(modes, argv, args)
+    else:
+        rows, peaks = run_matrix(args)
+    print(format_rows(rows, peaks))
+    notes = [format_peaks(peaks) + f" ({args.gemm}^3 matmul, {args.threads} threads; MFU of a row uses the "
+             "peaks of its own process)",
              "FLOPs: matmul only, 3x forward, MLM head at the masked positions (bertperf.report.flops), the same "
              "for both contenders",
              f"batch {args.batch} at seq 128, {case_batch(args, 512)} at seq 512; {args.rounds} alternating rounds "
              f"of {args.steps or STEPS} steps (/4 at seq 512); warm-up excluded: {args.warmup} steps eager, "
              f"{args.warmup_compile} compiled (compilation included there)",
              f"bertperf: kernel_backend {args.kernel_backend}, attention_impl {args.attention_impl}",
-             describe() + ", the same for every contender (one process)"]
+             describe() + (", the same for every contender (one process)" if len(modes) == 1 else
+                           ", the same for every contender (one fresh process per mode: " + ", ".join(modes)
+                           + "; contenders alternate within a process; compiled contenders slowed eager ones "
+                           "down when they shared a process)")]
     if args.min_len:
         notes.append(f"padded batches: lengths uniform in [{args.min_len}, seq]; FLOPs and MFU still count "
                      f"every position as a token (the padded work), so they overstate an unpadded run's work")
@@ -422,5 +454,61 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def bench_cases(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(model, seq) of every case, in run order: each model at each --seqs, then base at 512."""
+    cases = [(m, s) for m in args.models for s in args.seqs]
+    if args.base512 and "base" in args.models and 512 not in args.seqs:
+        cases.append(("base", 512))
+    return cases
+
+
+def run_matrix(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Every case in this process (the peak GEMM first): the rows and `{"": peaks}`."""
+    peaks = {"fp32": peak_gemm(args.gemm, torch.float32), "bf16": peak_gemm(args.gemm, torch.bfloat16)}
+    rows: list[dict] = []
+    for model, seq in bench_cases(args):
+        case_rows = run_case(model, seq, args, peaks)
+        print(format_rows(case_rows, {"": peaks}), file=sys.stderr, flush=True)
+        rows += case_rows
+    return rows, {"": peaks}
+
+
+_PEAKS_NOTE = re.compile(r"fp32 (\d+) GFLOP/s, bf16 (\d+) GFLOP/s")
+
+
+def run_per_mode_processes(modes: list[str], argv: list[str] | None, args: argparse.Namespace,
+                           ) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Each mode in a fresh child process (this script with the same arguments plus `--modes MODE
+    --json TMP --malloc M`; its output goes to stderr), then the rows merged in the single-process
+    order (case, framework, mode, precision) with the ratio columns over each case's merged rows.
+    Returns the rows and `{mode: peaks of that child}` (parsed from its notes, whole GFLOP/s)."""
+    base = list(sys.argv[1:] if argv is None else argv)
+    rows: list[dict] = []
+    peaks: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_e2e-") as tmp:
+        for mode in modes:
+            path = os.path.join(tmp, f"{mode}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), *base, "--modes", mode, "--json", path,
+                   "--malloc", args.malloc]
+            print(f"bench_e2e: {mode} contenders in a fresh process", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            done = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
+            if done.returncode != 0:
+                raise BertperfError(f"the {mode} process failed (exit code {done.returncode}; its output is "
+                                    f"above): {' '.join(cmd)}")
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            found = next((m for m in map(_PEAKS_NOTE.search, doc.get("notes", [])) if m), None)
+            if found is None:
+                raise BertperfError(f"{path}: no peak GEMM note in the {mode} process's bench JSON (field "
+                                    f"'notes'); is bench/bench_e2e.py the same version in the child?")
+            peaks[mode] = {"fp32": float(found[1]) * 1e9, "bf16": float(found[2]) * 1e9}
+            rows += doc["rows"]
+    order = {k: i for i, k in enumerate(bench_cases(args))}
+    rows.sort(key=lambda r: (order.get((r["model"], r["seq"]), len(order)), args.frameworks.index(r["contender"]),
+                             modes.index(r["mode"]), args.precisions.index(r["precision"])))
+    return add_ratios(rows), peaks
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="bench_e2e"))
