@@ -118,21 +118,34 @@ def test_unmasked_attention_equals_all_true_mask(impl, b, a, s, d):
     torch.testing.assert_close(y0, y1, rtol=1e-6, atol=1e-6)
 
 
+def twin_models(cfg_a: BertConfig, cfg_b: BertConfig, seed: int) -> tuple[BertForPreTraining, BertForPreTraining]:
+    """Two models in train mode with the same perturbed weights, built from two configs."""
+    torch.manual_seed(0)
+    a = BertForPreTraining(cfg_a).train()
+    perturb_(a, seed)
+    b = BertForPreTraining(cfg_b).train()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def pretraining_batch(seed: int, lengths: list[int], p: int, most: int):
+    """ids, seg, mask [B, S] (right-padded to `lengths`), masked positions [B, p] (up to `most`
+    per row, zero-padded), their MLM ids (0 at padding) and NSP labels [B]."""
+    gen = torch.Generator().manual_seed(seed)
+    ids, seg, mask = random_batch(gen, len(lengths), max(lengths), CONFIG.vocab_size, lengths)
+    pos = random_positions(gen, lengths, p, [min(most, n - 1) for n in lengths])
+    mlm_ids = torch.where(pos > 0, torch.randint(1, CONFIG.vocab_size, pos.shape, generator=gen), 0)
+    nsp = torch.randint(0, 2, (len(lengths),), generator=gen)
+    return ids, seg, mask, pos, mlm_ids, nsp
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "fused"])
 @pytest.mark.parametrize("lengths", [[24, 7, 13], [1, 24], [24, 24]])
 def test_unpadded_encoder_equals_padded(impl, lengths):
     """config.unpad: same loss, same valid hidden states and gradients; pad rows are zeros."""
     cfg = CONFIG.replace(attention_impl=impl)
-    torch.manual_seed(0)
-    padded = BertForPreTraining(cfg).train()
-    perturb_(padded, 3)
-    unpadded = BertForPreTraining(cfg.replace(unpad=True)).train()
-    unpadded.load_state_dict(padded.state_dict())
-    gen = torch.Generator().manual_seed(sum(lengths))
-    ids, seg, mask = random_batch(gen, len(lengths), max(lengths), CONFIG.vocab_size, lengths)
-    pos = random_positions(gen, lengths, 4, [min(4, n - 1) for n in lengths])
-    mlm_ids = torch.where(pos > 0, torch.randint(1, CONFIG.vocab_size, pos.shape, generator=gen), 0)
-    nsp = torch.randint(0, 2, (len(lengths),), generator=gen)
+    padded, unpadded = twin_models(cfg, cfg.replace(unpad=True), 3)
+    ids, seg, mask, pos, mlm_ids, nsp = pretraining_batch(sum(lengths), lengths, 4, 4)
     outs = []
     for model in (padded, unpadded):
         out = model(ids, seg, mask, pos, mlm_ids, nsp)
@@ -163,16 +176,8 @@ def test_sparse_last_layer_equals_full(impl, backend, layers, lengths, unpad):
     loss, logits and every gradient as the full last layer; BertModel's output at the positions
     equals the full output gathered there."""
     cfg = CONFIG.replace(attention_impl=impl, kernel_backend=backend, num_hidden_layers=layers, unpad=unpad)
-    torch.manual_seed(0)
-    full = BertForPreTraining(cfg.replace(sparse_last_layer=False)).train()
-    perturb_(full, 11)
-    sparse = BertForPreTraining(cfg).train()
-    sparse.load_state_dict(full.state_dict())
-    gen = torch.Generator().manual_seed(sum(lengths) + layers)
-    ids, seg, mask = random_batch(gen, len(lengths), max(lengths), CONFIG.vocab_size, lengths)
-    pos = random_positions(gen, lengths, 6, [min(5, n - 1) for n in lengths])  # zero-padded rows too
-    mlm_ids = torch.where(pos > 0, torch.randint(1, CONFIG.vocab_size, pos.shape, generator=gen), 0)
-    nsp = torch.randint(0, 2, (len(lengths),), generator=gen)
+    full, sparse = twin_models(cfg.replace(sparse_last_layer=False), cfg, 11)
+    ids, seg, mask, pos, mlm_ids, nsp = pretraining_batch(sum(lengths) + layers, lengths, 6, 5)  # zero-padded rows too
     outs = []
     for model in (full, sparse):
         out = model(ids, seg, mask, pos, mlm_ids, nsp)
