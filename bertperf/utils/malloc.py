@@ -4,7 +4,7 @@ A training step, or a data block, allocates and frees the same sizes again and a
 defaults hand large blocks back to the kernel when they are freed (blocks above the mmap
 threshold are separate mappings; the top of the heap is trimmed), so the next step pays for its
 memory again in page faults: the kernel zero-fills every 4 KiB page on first touch. Measured on
-this repo's bench (fp32, batch 8 x 128, 2 threads, `bench/bench_e2e.py --malloc glibc|jemalloc`):
+this repo's bench (fp32, batch 8 x 128, 2 threads, `bench/bench_e2e.py --malloc glibc|tcmalloc`):
 BERT-base training takes ~3.6M faults in 40 s under glibc; the [vocab, hidden] gradient of the
 word embeddings alone (94 MB, a fresh mapping every step) makes its GEMM run at 125 instead of
 264 GFLOP/s. Two remedies, each for one kind of process:
@@ -77,7 +77,7 @@ def relaunch_with_tcmalloc() -> None:
         return
     path = find_tcmalloc()
     if path is None:
-        logging.getLogger(__name__).warning(
+        LOG.warning(
             "malloc: tcmalloc not found, training runs on glibc's malloc (page faults cost 10-15%% of a "
             "BERT-base step); install it with `apt-get install libtcmalloc-minimal4` (`make setup` does)")
         return
