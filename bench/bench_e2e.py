@@ -62,7 +62,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -295,6 +294,7 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
                      "x_best_hf_same_precision": None, "x_hf_fp32_eager": None,  # add_ratios
                      "tflops": round(tflops, 4), "mfu": round(tflops * 1e12 / peaks[c.precision], 4),
                      "mfu_own_flops": round(own_fps.get(c.name, fps) * med / peaks[c.precision], 4),
+                     "peak_gflops": round(peaks[c.precision] / 1e9, 1),  # the peak GEMM rate the MFU uses
                      "warmup_s": round(c.warmup_s, 1)})
     del contenders
     gc.collect()
@@ -473,15 +473,12 @@ def run_matrix(args: argparse.Namespace) -> tuple[list[dict], dict[str, dict[str
     return rows, {"": peaks}
 
 
-_PEAKS_NOTE = re.compile(r"fp32 (\d+) GFLOP/s, bf16 (\d+) GFLOP/s")
-
-
 def run_per_mode_processes(modes: list[str], argv: list[str] | None, args: argparse.Namespace,
                            ) -> tuple[list[dict], dict[str, dict[str, float]]]:
     """Each mode in a fresh child process (this script with the same arguments plus `--modes MODE
     --json TMP --malloc M`; its output goes to stderr), then the rows merged in the single-process
     order (case, framework, mode, precision) with the ratio columns over each case's merged rows.
-    Returns the rows and `{mode: peaks of that child}` (parsed from its notes, whole GFLOP/s)."""
+    Returns the rows and `{mode: peaks of that child}` (each row carries the peak its MFU used)."""
     base = list(sys.argv[1:] if argv is None else argv)
     rows: list[dict] = []
     peaks: dict[str, dict[str, float]] = {}
@@ -498,11 +495,7 @@ def run_per_mode_processes(modes: list[str], argv: list[str] | None, args: argpa
                                     f"above): {' '.join(cmd)}")
             with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
-            found = next((m for m in map(_PEAKS_NOTE.search, doc.get("notes", [])) if m), None)
-            if found is None:
-                raise BertperfError(f"{path}: no peak GEMM note in the {mode} process's bench JSON (field "
-                                    f"'notes'); is bench/bench_e2e.py the same version in the child?")
-            peaks[mode] = {"fp32": float(found[1]) * 1e9, "bf16": float(found[2]) * 1e9}
+            peaks[mode] = {r["precision"]: r["peak_gflops"] * 1e9 for r in doc["rows"]}
             rows += doc["rows"]
     order = {k: i for i, k in enumerate(bench_cases(args))}
     rows.sort(key=lambda r: (order.get((r["model"], r["seq"]), len(order)), args.frameworks.index(r["contender"]),
