@@ -65,7 +65,7 @@ demo: setup
 test: setup
 	@$(PY) -m pytest -q tests
 
-# bench (not in CI; ~40 minutes, wants a quiet machine): the end-to-end matrix (bertperf vs
+# bench (not in CI; ~25 minutes, wants a quiet machine): the end-to-end matrix (bertperf vs
 # Hugging Face), a per-op profile, padded batches with pad tokens skipped, the kernel benches,
 # 1 -> 2 rank scaling of real pre-training runs, then the report (bench/results/ +
 # bench/runs/scaling/ -> bench/report/).

@@ -37,9 +37,9 @@ HF, eager and compiled, fp32 and bf16 = 40 contenders):
 - steps per round: tiny 8, mini 4, small 2, base 1 (base at 512: 1), 3 rounds;
 - warm-up: 2 steps eager, 4 compiled (the first compiles; the others catch the recompilations
   of the backward and of the optimizer step, which otherwise land in the timed rounds).
-Budget at 2 threads on a quiet machine, estimated from the per-step times: tiny ~1.5 min, mini
-~2, small ~3.5, base ~8, base@512 ~8.5 (compilation ~30-60 s per compiled contender at base),
-about 24 minutes in all. `--models`, `--modes`, `--precisions` and `--no-base512` cut it down.
+Budget at 2 threads on a quiet machine: the full matrix took 13 minutes on 2026-11-24 (the base
+cases most of it, compilation ~30-60 s per compiled contender at base). `--models`, `--modes`,
+`--precisions` and `--no-base512` cut it down.
 
 FLOPs: `bertperf.report.flops` (matmul FLOPs only, 3x forward, MLM head at the masked positions
 only). The same model FLOPs are credited to both contenders: HF's dense head does 6.4x more MLM
