@@ -74,7 +74,7 @@ def bias_dropout_residual(
         raise BertperfError(f"bias_dropout_residual: dropout probability must be in [0, 1), got {p}")
     p = p if training else 0.0
     chosen = resolve_backend(backend, x.device)
-    if chosen == "torch":
+    if chosen == "torch" or x.numel() == 0:  # empty: nothing for a kernel to do
         return bias_dropout_residual_ref(x, bias, residual, p, True, seed, upcast=False)
     if p > 0.0 and seed is None:
         seed = draw_seed()

@@ -51,7 +51,7 @@ def bias_gelu(x: Tensor, bias: Tensor | None = None, approximate: str = "none", 
     """gelu(x + bias) on the chosen backend; returns [..., H] in x.dtype."""
     _check_approx(approximate)
     chosen = resolve_backend(backend, x.device)
-    if chosen == "torch":
+    if chosen == "torch" or x.numel() == 0:  # empty (e.g. no masked token): nothing for a kernel to do
         return bias_gelu_ref(x, bias, approximate, upcast=False)
     return _BiasGeluFn.apply(x, bias, approximate, chosen)
 

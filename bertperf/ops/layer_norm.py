@@ -73,7 +73,7 @@ def layer_norm(
 ) -> Tensor:
     """Fused LN(x + bias + residual) * gamma + beta on the chosen backend; returns [..., H]."""
     chosen = resolve_backend(backend, x.device)
-    if chosen == "torch":
+    if chosen == "torch" or x.numel() == 0:  # empty (e.g. no masked token): nothing for a kernel to do
         return layer_norm_ref(x, gamma, beta, bias, residual, eps, upcast=False)
     return _LayerNormFn.apply(x, gamma, beta, bias, residual, eps, chosen)
 

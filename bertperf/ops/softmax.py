@@ -75,7 +75,7 @@ def softmax(
         raise BertperfError("softmax: the additive mask is a constant; detach it (no gradient flows to it)")
     p = p if training else 0.0
     chosen = resolve_backend(backend, x.device)
-    if chosen == "torch":
+    if chosen == "torch" or x.numel() == 0:  # empty: nothing for a kernel to do
         return softmax_ref(x, mask, scale, p, True, seed, upcast=False)
     if p > 0.0 and seed is None:
         seed = draw_seed()
