@@ -12,7 +12,7 @@ CSRC  := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/include/bertperf/*.h)
 APT_PACKAGES := openmpi-bin libopenmpi-dev
 # Chromium (headless) renders `bertperf report`'s HTML page in tests/report.
 APT_PACKAGES += chromium
-# tcmalloc: training processes run on it (bertperf.utils.malloc: glibc's page faults cost 10-15% of a step).
+# tcmalloc: training processes run on it (bertperf.utils.malloc: with it a step runs 4-16% faster).
 APT_PACKAGES += libtcmalloc-minimal4
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)

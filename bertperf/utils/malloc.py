@@ -3,21 +3,23 @@
 A training step, or a data block, allocates and frees the same sizes again and again. glibc's
 defaults hand large blocks back to the kernel when they are freed (blocks above the mmap
 threshold are separate mappings; the top of the heap is trimmed), so the next step pays for its
-memory again in page faults: the kernel zero-fills every 4 KiB page on first touch. Measured on
-this repo's bench (fp32, batch 8 x 128, 2 threads, `bench/bench_e2e.py --malloc glibc|tcmalloc`):
-BERT-base training takes ~3.6M faults in 40 s under glibc; the [vocab, hidden] gradient of the
-word embeddings alone (94 MB, a fresh mapping every step) makes its GEMM run at 125 instead of
-264 GFLOP/s. Two remedies, each for one kind of process:
+memory again in page faults: the kernel zero-fills every 4 KiB page on first touch (the 94 MB
+[vocab, hidden] gradient of BERT-base's word embeddings, a fresh mapping every step, made its GEMM
+run at 125 instead of 264 GFLOP/s in a microbenchmark). Two remedies, one per kind of process:
 
 * Training (`pretrain`, `finetune`, the benches): tcmalloc (gperftools' minimal build), preloaded
   by re-executing the process once at start (`relaunch_with_tcmalloc`), as torch's own CPU
-  launcher does (`torch.backends.xeon.run_cpu --enable_tcmalloc`). Measured (eager fp32, one
-  process, both contenders on the same allocator): base 3.42 -> 3.95 seq/s, Hugging Face's BERT
-  2.02 -> 2.58; 3.6M -> 1.5M page faults. Rejected: glibc with mmap off (M_MMAP_MAX = 0): glibc
+  launcher does (`torch.backends.xeon.run_cpu --enable_tcmalloc`). Measured with
+  `python bench/bench_e2e.py --malloc glibc|tcmalloc --modes eager --precisions fp32 --models
+  tiny mini base --no-base512` (both contenders in one process, 2026-11-24), glibc -> tcmalloc
+  in seq/s: bertperf tiny 159.9 -> 185.6, mini 59.0 -> 59.9, base 3.80 -> 3.96 (base page faults
+  2.57M -> 1.33M); Hugging Face's BERT tiny 28.0 -> 42.6, mini 16.6 -> 21.0, base 2.34 -> 2.74.
+  Rejected: glibc with mmap off (M_MMAP_MAX = 0): glibc
   2.36 cannot reuse a freed block for the next 64-byte-aligned request of the same size (torch
   aligns every tensor), so the heap grew by one block per step; jemalloc with freed pages kept
-  (dirty_decay_ms:-1, Intel's setting) is as fast, but the kernel benches' varied sizes grew it
-  past 24 GiB (tcmalloc: 6.6 GB), and with its default decay it faults more than glibc.
+  (dirty_decay_ms:-1, Intel's setting; preloaded by hand into `bench/bench_kernels.py`) is as
+  fast, but the kernel benches' varied sizes grew it past 24 GiB (tcmalloc: 6.6 GB), and with its
+  default decay it faults more than glibc.
   `BERTPERF_MALLOC=glibc` keeps glibc's defaults.
 * The data pipeline (`prepare` and its workers, forked: a re-exec would lose the fork's shared
   tokenizer): `keep_freed_memory()`, a bounded glibc setting: the heap is trimmed only above
@@ -69,17 +71,19 @@ def relaunch_with_tcmalloc() -> None:
     """Re-execute this process (same PID, same argv and environment) with tcmalloc preloaded, once.
     Call it first thing in a training CLI's `__main__`, before threads, MPI or process groups
     exist. Does nothing when tcmalloc already runs, when `BERTPERF_MALLOC=glibc`, when it was
-    tried already, or when tcmalloc is not installed (then it logs a warning)."""
+    tried already, or when tcmalloc is not installed (then it logs a warning). Another value of
+    `BERTPERF_MALLOC` ends the process with a one-line error (only entry points call this)."""
     choice = os.environ.get(ENV_CHOICE, "tcmalloc")
     if choice not in ("tcmalloc", "glibc"):
-        raise ValueError(f"{ENV_CHOICE}={choice!r}: expected 'tcmalloc' or 'glibc' (unset means tcmalloc)")
+        raise SystemExit(f"bertperf: error: environment variable {ENV_CHOICE}={choice!r}: expected "
+                         "'tcmalloc' or 'glibc' (unset means tcmalloc)")
     if choice == "glibc" or active() == "tcmalloc" or os.environ.get(_ENV_RELAUNCHED):
         return
     path = find_tcmalloc()
     if path is None:
         LOG.warning(
-            "malloc: tcmalloc not found, training runs on glibc's malloc (page faults cost 10-15%% of a "
-            "BERT-base step); install it with `apt-get install libtcmalloc-minimal4` (`make setup` does)")
+            "malloc: tcmalloc not found, training runs on glibc's malloc (steps run 4-16%% slower than on "
+            "tcmalloc, base to tiny); install it with `apt-get install libtcmalloc-minimal4` (`make setup` does)")
         return
     env = dict(os.environ)
     env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
