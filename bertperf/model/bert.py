@@ -400,12 +400,11 @@ class BertModel(BertPreTrainedModel):
         rows = None
         if output_positions is not None:  # [CLS] first (the pooler reads it), then the positions
             rows = torch.cat([output_positions.new_zeros(output_positions.shape[0], 1), output_positions], 1).long()
+        last = len(self.layers) - 1  # BertConfig requires at least one layer
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, packed, rows if i == len(self.layers) - 1 else None)
-        if packed is not None and (rows is None or not self.layers):
+            x = layer(x, mask, packed, rows if i == last else None)  # with rows: [B, 1 + P, h], padded layout
+        if packed is not None and rows is None:
             x = packed.pad(x)  # pad positions: zeros
-        if rows is not None and not self.layers:
-            x = x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
         pooled = None
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(x[:, 0]))
