@@ -4,7 +4,9 @@
         --model_config tiny --data_dir runs/demo/shards --output_dir runs/demo --max_steps 300
     python bertperf/pretrain.py ...        # the same, as one process without a launcher
 
-On CPU `--num_gpus N` means N ranks (gloo). Every flag is listed by `--help`. NVIDIA's two-phase
+On CPU `--num_gpus N` means N ranks (gloo). Every flag is listed by `--help`. The model runs
+bertperf's fused kernels and, on CPU, the fused attention path (`--kernel_backend auto`, logged
+once per rank; `--kernel_backend torch` is the eager reference with torch's SDPA). NVIDIA's two-phase
 recipe (LAMB, ZeRO-1, bf16; configs/ds-phase{1,2}.json for BERT-large, ds-phase{1,2}-base.json
 for BERT-base): phase 1 on S=128 shards, then phase 2 on S=512 shards with
 `--init_from <phase-1 output_dir>` (its latest checkpoint, consolidated to fp32; or its hf/): fresh
@@ -113,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_config", required=True, metavar="NAME|FILE",
                    help="model size: a preset (tiny, mini, small, base, large) or a BERT config JSON "
                         "(HF config.json or Google bert_config.json)")
+    p.add_argument("--kernel_backend", default="auto", metavar="NAME",
+                   help="implementation of the model's fused points (LayerNorm, GELU, dropout, softmax): auto "
+                        "(default: the device's fused kernels, C++ on CPU, with the fused attention path), cpu, "
+                        "cuda, triton, or torch (the eager reference, with torch's SDPA)")
     p.add_argument("--data_dir", required=True, metavar="DIR",
                    help="directory of pre-training shards (*.hdf5 from `bertperf prepare`), or one shard file")
     p.add_argument("--output_dir", required=True, metavar="DIR",
@@ -219,7 +225,7 @@ def prepare_run(args: argparse.Namespace, placement: Any) -> Run:
 
     check_args(args)
     setup = load_train_setup(args.deepspeed_config, placement.world_size, args.max_steps)
-    config = resolve_model_config(args.model_config, args.vocab)
+    config = resolve_model_config(args.model_config, args.vocab).replace(kernel_backend=args.kernel_backend)
     files = find_shards(args.data_dir)
     dataset = ShardedLoader(files, rank=placement.rank, world_size=placement.world_size,
                             micro_batch=setup.micro_batch, seed=args.seed, vocab_size=config.vocab_size)

@@ -11,7 +11,8 @@ pretraining output (its hf/ or checkpoints/), a Google TF checkpoint (directory 
 bert_model.ckpt.* + bert_config.json, or the .ckpt prefix) or, for a randomly initialised model,
 a BertConfig preset name / JSON (then `--vocab` is required); see `bertperf.finetune.start`.
 The vocab defaults to the vocab.txt that comes with the model.
-`--bf16` (bf16 autocast), `--kernel_backend cpu` (fused C++ ops) and `--deepspeed_config`
+`--bf16` (bf16 autocast), `--kernel_backend` (default auto: the fused C++ ops on CPU; torch for
+the eager reference) and `--deepspeed_config`
 (a DeepSpeed engine, ZeRO 0-2, launched by `deepspeed bertperf/finetune.py ...`; see
 `bertperf.finetune.ds`) apply to every task.
 `--config` is a FinetuneConfig preset (glue, squad, ner, tnews, demo) or JSON; the default is
@@ -360,7 +361,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no_train", action="store_true", help="only score dev and predict test with --model")
         sp.add_argument("--bf16", action="store_true",
                         help="bf16: autocast on CPU (plain run) / DeepSpeed's bf16 mode (with --deepspeed_config)")
-        sp.add_argument("--kernel_backend", help="the model's fused-op backend: torch (default), cpu, triton, cuda, auto")
+        sp.add_argument("--kernel_backend", help="the model's fused-op backend: auto (default: the device's fused kernels), cpu, cuda, triton, "
+                        "torch (eager reference)")
         sp.add_argument("--deepspeed_config", help="DeepSpeed JSON (e.g. configs/ds-finetune.json): train with a "
                         "DeepSpeed engine; launch with `deepspeed [--num_gpus N] bertperf/finetune.py ...`")
 

@@ -81,8 +81,8 @@ class FinetuneConfig:
     # bf16 autocast on CPU (AMX GEMMs; weights, optimizer and loss stay fp32) in the plain path;
     # under DeepSpeed, bf16 comes from the DeepSpeed JSON (or --bf16) and DeepSpeed keeps fp32 masters
     bf16: bool = False
-    # BertConfig.kernel_backend of the model: "torch" (eager), "cpu" (fused C++ ops), ...
-    kernel_backend: str = "torch"
+    # BertConfig.kernel_backend of the model: "auto" (the device's fused kernels), "torch" (eager), "cpu", ...
+    kernel_backend: str = "auto"
     # learning rate of the task head and pooler relative to learning_rate (see adamw_param_groups)
     head_lr_scale: float = 1.0
 

@@ -142,7 +142,7 @@ def attention_mask(input_mask: Tensor | None) -> Tensor | None:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, training: bool,
-              backend: str, impl: str = "sdpa") -> Tensor:
+              backend: str, impl: str = "auto") -> Tensor:
     """softmax(q k^T / sqrt(d), masked) v with dropout p on the probabilities.
 
     q, k, v: [B, A, S, d]; mask: bool [B, 1, 1, S] (True = attend) or None; returns [B, A, S, d].
@@ -150,9 +150,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, tr
     impl "fused": scores = q k^T by one batched matmul ([B, A, S, S], in q's dtype), then the
     fused scale + additive mask + softmax + dropout op of `bertperf.ops.softmax` on `backend`
     (the eager composite for "torch"), then probs v. Both give the same result without dropout.
+    impl "auto": "fused" when `backend` resolves to the C++ CPU kernels, else "sdpa".
     A query row whose keys are all masked gives NaN with sdpa and a uniform row with fused:
     every sequence needs one valid token."""
     chosen = model_backend(backend, q.device)  # validates the setting on this device
+    if impl == "auto":
+        impl = "fused" if chosen == "cpu" else "sdpa"
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [B, A, S, S]

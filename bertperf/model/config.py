@@ -9,8 +9,11 @@ and written:
 
 `kernel_backend`, `unpad` and `sparse_last_layer` are bertperf's own settings (never written to
 either JSON).
-`kernel_backend`: which implementation runs the fusable points of the model (see
+`kernel_backend` (default `auto`): which implementation runs the fusable points of the model (see
 `bertperf.model.bert`): one of `auto | cpu | cuda | triton | torch` (`bertperf.ops.backend`).
+`auto` takes the fused kernels of the tensors' device (C++ on CPU tensors, CUDA, else Triton, on
+GPU tensors) and falls back to `torch` (eager composites) when they cannot load; the choice is
+logged once. `torch` is the reference path.
 `unpad`: the encoder runs its projections, FFN and fused points on the valid tokens only (pad
 tokens are dropped after the embeddings and restored, as zeros, at the output; attention still
 sees the padded [B, S] layout); it pays only when batches carry much padding.
@@ -18,12 +21,15 @@ sees the padded [B, S] layout); it pays only when batches carry much padding.
 attention, output projection and FFN only at the positions the heads read ([CLS] and the masked
 positions; keys and values at every token). The result is the same; at seq 128 with 20 masked
 positions BERT-base does 5% fewer training FLOPs, tiny, mini and small 12-14%. The
-pipeline-parallel model (`bertperf.model.pipeline`) still computes every row. `attention_impl` picks the
-attention path: `sdpa` (torch's fused SDPA) or `fused` (scores by matmul, then the fused scale +
-mask + softmax + dropout op of `bertperf.ops.softmax` on `kernel_backend`). It runs on every
-device, so it is kept in the HF `config.json` (transformers keeps unknown keys and ignores it;
-a config.json without it reads as `sdpa`); Google's format has no place for it. The name is checked here; whether
-the backend can run on the model's device is checked at the first forward.
+pipeline-parallel model (`bertperf.model.pipeline`) still computes every row.
+`attention_impl` picks the attention path: `sdpa` (torch's fused SDPA), `fused` (scores by
+matmul, then the fused scale + mask + softmax + dropout op of `bertperf.ops.softmax` on
+`kernel_backend`), or `auto` (the default: `fused` where the kernel backend resolves to the C++
+CPU kernels, the fastest path on a CPU; `sdpa` everywhere else, where SDPA's flash kernels never
+materialise the [S, S] scores). It runs on every device, so it is kept in the HF `config.json`
+(transformers keeps unknown keys and ignores it; a config.json without it reads as `auto`);
+Google's format has no place for it. The name is checked here; whether the backend can run on
+the model's device is checked at the first forward.
 
 Presets are the sizes of Google's BERT release (Turc et al. 2019 for the small ones), with
 the uncased vocabulary (30522), 512 positions and 2 segment types:
@@ -67,7 +73,7 @@ HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
 # non-HF fields of BertConfig
 _BERTPERF_ONLY = ("kernel_backend", "unpad", "sparse_last_layer")
 # attention implementations (see bertperf.model.bert.attention)
-ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "fused")
+ATTENTION_IMPLS: tuple[str, ...] = ("auto", "sdpa", "fused")
 _GOOGLE_LN_EPS = 1e-12
 
 
@@ -89,8 +95,8 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     classifier_dropout: float | None = None  # fine-tuning heads; None -> hidden_dropout_prob
-    kernel_backend: str = "torch"  # bertperf only: implementation of the fusable points
-    attention_impl: str = "sdpa"  # bertperf only: "sdpa" (torch SDPA) or "fused" (QK^T, fused softmax, PV)
+    kernel_backend: str = "auto"  # bertperf only: implementation of the fusable points
+    attention_impl: str = "auto"  # bertperf only: "sdpa" (torch SDPA), "fused" (QK^T, fused softmax, PV) or "auto"
     unpad: bool = False  # bertperf only: skip pad tokens outside attention (see bertperf.model.bert)
     sparse_last_layer: bool = True  # bertperf only: the last layer's rows the heads never read are skipped
 
@@ -132,14 +138,14 @@ class BertConfig:
         if self.kernel_backend not in MODEL_KERNEL_BACKENDS:
             raise BertperfError(
                 f"{source}: setting `kernel_backend` is {self.kernel_backend!r}; choose one of "
-                f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} (\"torch\" = eager torch, the default)")
+                f"{', '.join(repr(b) for b in MODEL_KERNEL_BACKENDS)} (\"auto\", the default, = the device's fused kernels; \"torch\" = eager torch)")
         for name in ("unpad", "sparse_last_layer"):
             if not isinstance(getattr(self, name), bool):
                 raise BertperfError(f"{source}: setting `{name}` must be true or false, got {getattr(self, name)!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise BertperfError(
                 f"{source}: setting `attention_impl` is {self.attention_impl!r}; choose one of "
-                f"{', '.join(repr(a) for a in ATTENTION_IMPLS)} (\"sdpa\" = torch's SDPA, the default)")
+                f"{', '.join(repr(a) for a in ATTENTION_IMPLS)} (\"auto\", the default, = fused with the C++ CPU kernels, else SDPA)")
 
     # ------------------------------------------------------------------ derived
     @property

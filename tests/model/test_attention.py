@@ -128,7 +128,29 @@ def test_attention_impl_is_validated_and_round_trips_through_hf_json():
     assert d["attention_impl"] == "fused"
     assert BertConfig.from_dict(d).attention_impl == "fused"
     del d["attention_impl"]  # a config.json written by transformers
-    assert BertConfig.from_dict(d).attention_impl == "sdpa"
+    assert BertConfig.from_dict(d).attention_impl == "auto"
+
+
+@pytest.mark.parametrize("backend, path", [("cpu", "fused"), ("torch", "sdpa")])
+def test_auto_attention_takes_the_fused_path_only_with_the_cpu_kernels(backend, path):
+    """attention_impl "auto" (the default) runs the fused path exactly when the kernel backend is
+    the C++ CPU one. With attention dropout on, the two paths draw different masks from the same
+    seed, so the output names the path taken: it equals that path's output bit for bit and
+    differs from the other's."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 17, dtype=torch.bool)
+    mask[1, ..., 12:] = False
+
+    def run(impl: str):
+        torch.manual_seed(123)
+        return attention(q, k, v, mask, 0.3, True, backend, impl)
+
+    other = "sdpa" if path == "fused" else "fused"
+    auto = run("auto")
+    assert torch.equal(auto, run(path))
+    assert not torch.allclose(auto, run(other))
+    assert BertConfig().attention_impl == "auto" and BertConfig().kernel_backend == "auto"
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])

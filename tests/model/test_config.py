@@ -24,7 +24,7 @@ def test_preset_values(name):
     c = BertConfig.preset(name)
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == EXPECTED[name]
     assert (c.vocab_size, c.max_position_embeddings, c.type_vocab_size) == (30522, 512, 2)
-    assert c.hidden_act == "gelu" and c.layer_norm_eps == 1e-12 and c.kernel_backend == "torch"
+    assert c.hidden_act == "gelu" and c.layer_norm_eps == 1e-12 and c.kernel_backend == "auto"
     assert BertConfig.resolve(name) == c
     assert set(PRESETS) == set(EXPECTED)
 
