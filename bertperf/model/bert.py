@@ -67,7 +67,8 @@ _chosen: dict[tuple[str, str], str] = {}
 
 def model_backend(backend: str, device: torch.device | str) -> str:
     """The concrete backend (`cpu`, `cuda`, `triton` or `torch`) that `kernel_backend` = `backend`
-    runs on tensors of `device`; logged once per (setting, device type). Raises BertperfError
+    runs on tensors of `device`; logged once per (setting, device type) (`auto` by
+    `resolve_backend`, once per device type). Raises BertperfError
     naming `kernel_backend` if the setting is unknown or cannot run there (see
     `bertperf.ops.backend.resolve_backend`; the Triton interpreter is read from the environment
     when the process starts, so the cached answer stays valid).
@@ -82,7 +83,8 @@ def model_backend(backend: str, device: torch.device | str) -> str:
     if chosen is None:
         chosen = "torch" if backend == "torch" else resolve_backend(backend, key[1])
         _chosen[key] = chosen
-        log.info("model kernel_backend %r on %s tensors -> %r", backend, key[1], chosen)
+        if backend != "auto":  # resolve_backend logs what "auto" chose, once per device type
+            log.info("model kernel_backend %r on %s tensors -> %r", backend, key[1], chosen)
     return chosen
 
 
