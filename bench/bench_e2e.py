@@ -1,6 +1,6 @@
 """End-to-end pre-training throughput: bertperf against Hugging Face transformers, same run.
 
-    python bench/bench_e2e.py                       # the full matrix (~13 min at 2 threads, see Budget)
+    python bench/bench_e2e.py                       # the full matrix (~16 min at 2 threads, see Budget)
     python bench/bench_e2e.py --models tiny mini --modes eager --precisions fp32 --rounds 3
     python bench/bench_e2e.py --profile bertperf eager fp32 --models tiny mini base
     make bench                                      # the full matrix, JSON in bench/results/
@@ -9,8 +9,8 @@ Contenders, each a full training step (zero_grad, forward, MLM + NSP loss, backw
 on the same batch with the same thread count; both use torch's fused AdamW (`fused=True`, the
 optimizer transformers' Trainer picks by default on recent torch):
 - `bertperf`: `bertperf.model.BertForPreTraining` (sparse MLM head: only the masked positions
-  reach the decoder; fused QKV; the fused kernels with `--kernel_backend`, default cpu, and
-  `--attention_impl`, default fused). bf16 is bertperf's own path, as DeepSpeed's bf16 mode runs
+  reach the decoder; fused QKV; the model's defaults `--kernel_backend auto` (the C++ kernels
+  on CPU) and `--attention_impl auto` (the fused attention with them, else SDPA)). bf16 is bertperf's own path, as DeepSpeed's bf16 mode runs
   it: bf16 weights and activations, fp32 master weights and AdamW state, gradients copied to fp32
   before the step and the masters back after it (`Bf16MasterAdamW`: one foreach copy each way).
 - `bertperf-unpad` (not in the default matrix): bertperf with `config.unpad` (pad tokens skipped
@@ -34,10 +34,11 @@ the full matrix against 3.99-4.04 in an eager-only process; HF eager 2.67 agains
 Defaults (the full matrix: tiny, mini, small, base at seq 128 and base at seq 512, bertperf and
 HF, eager and compiled, fp32 and bf16 = 40 contenders):
 - batch 8 at seq 128; base at seq 512 runs batch 2 (the same 1024 tokens per step);
-- steps per round: tiny 8, mini 4, small 2, base 1 (base at 512: 1), 3 rounds;
+- steps per round: tiny 8, mini 4, small 2, base 1 (base at 512: 1), 5 rounds (3 gave base
+  medians that moved by 3-8% between runs, one slow round being a third of the sample);
 - warm-up: 2 steps eager, 4 compiled (the first compiles; the others catch the recompilations
   of the backward and of the optimizer step, which otherwise land in the timed rounds).
-Budget at 2 threads on a quiet machine: the full matrix took 13 minutes on 2026-11-24 (the base
+Budget at 2 threads on a quiet machine: the full matrix took 13 minutes with 3 rounds on 2026-11-24 (the base
 cases most of it, compilation ~30-60 s per compiled contender at base). `--models`, `--modes`,
 `--precisions` and `--no-base512` cut it down.
 
@@ -388,13 +389,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="sequences per step at seq > 128 (default: the same tokens as --batch x 128)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"steps per round (default per model: {STEPS}, / 4 at seq 512)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of an eager contender")
     p.add_argument("--warmup_compile", type=int, default=4,
                    help="untimed steps of a compiled contender (the first compiles; later ones catch "
                         "recompilations, e.g. of the backward or the optimizer step)")
-    p.add_argument("--kernel_backend", default="cpu", help="bertperf's fused-kernel backend")
-    p.add_argument("--attention_impl", default="fused", choices=list(ATTENTION_IMPLS),
+    p.add_argument("--kernel_backend", default="auto", help="bertperf's fused-kernel backend (default: the model's)")
+    p.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS),
                    help="bertperf's attention (see bertperf.model.bert.attention)")
     p.add_argument("--gemm", type=int, default=2048, help="size of the peak-GEMM probe")
     p.add_argument("--profile", nargs=3, metavar=("FRAMEWORK", "MODE", "PRECISION"), default=None,
