@@ -102,11 +102,9 @@ class _MLMCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         probs = torch.softmax(logits, -1, dtype=torch.float32)  # [M, V] fp32 (upcast inside)
         rows = torch.arange(logits.shape[0], device=logits.device)
-        top, arg = logits.max(-1)  # [M]
+        top = logits.amax(-1)  # [M]
         picked = logits[rows, labels]  # [M]
-        # the softmax at the largest logit is the largest probability (exp is monotone), read at
-        # its index: no second pass over [M, V]
-        lse = top.float() - probs[rows, arg].log()
+        lse = top.float() - probs.amax(-1).log()
         loss = (lse - picked.float()).mean()
         correct = (picked == top).sum()
         probs[rows, labels] -= 1.0  # the gradient of the summed loss, in place
