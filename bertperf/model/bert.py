@@ -49,6 +49,7 @@ from bertperf.ops.backend import resolve_backend
 from bertperf.ops.bias_dropout_residual import bias_dropout_residual as ops_bias_dropout_residual
 from bertperf.ops.bias_gelu import bias_gelu as ops_bias_gelu
 from bertperf.ops.layer_norm import layer_norm as ops_layer_norm
+from bertperf.ops.packed_attention import packed_attention, packed_attention_supported, split_heads
 from bertperf.ops.softmax import softmax as ops_softmax
 from bertperf.utils.errors import BertperfError
 
@@ -156,14 +157,37 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, tr
     A query row whose keys are all masked gives NaN with sdpa and a uniform row with fused:
     every sequence needs one valid token."""
     chosen = model_backend(backend, q.device)  # validates the setting on this device
-    if impl == "auto":
-        impl = "fused" if chosen == "cpu" else "sdpa"
-    if impl == "sdpa":
+    if attention_path(impl, chosen) == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [B, A, S, S]
     bias = None if mask is None else attention_mask_bias(mask)
     probs = ops_softmax(scores, bias, q.shape[-1] ** -0.5, p, training, None, chosen)
     return torch.matmul(probs.to(v.dtype), v)
+
+
+def attention_path(impl: str, chosen: str) -> str:
+    """"sdpa" or "fused" for the setting `impl` on the resolved kernel backend `chosen`:
+    "auto" is "fused" with the C++ CPU kernels, else "sdpa"."""
+    if impl == "auto":
+        return "fused" if chosen == "cpu" else "sdpa"
+    return impl
+
+
+def qkv_attention(qkv: Tensor, heads: int, mask: Tensor | None, p: float, training: bool, backend: str,
+                  impl: str = "auto") -> Tensor:
+    """`attention` over the fused projection's output: qkv [B, S, 3h] (q | k | v) -> [B, S, h].
+
+    On the fused path with the C++ CPU kernels (fp32, S <= 256) the GEMMs read q, k, v in place
+    and write the heads side by side (`bertperf.ops.packed_attention`); otherwise q, k, v are
+    [B, A, S, d] views and `attention` runs. Same result, same dropout mask for the same seed."""
+    b, s, three_h = qkv.shape
+    chosen = model_backend(backend, qkv.device)
+    if attention_path(impl, chosen) == "fused" and packed_attention_supported(qkv, chosen):
+        bias = None if mask is None else attention_mask_bias(mask)
+        return packed_attention(qkv, bias, heads, p, training, None, chosen)
+    q, k, v = split_heads(qkv, heads)
+    ctx = attention(q, k, v, mask, p, training, backend, impl)
+    return ctx.transpose(1, 2).reshape(b, s, three_h // 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,16 +283,18 @@ class BertLayer(nn.Module):
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, S, 3h] (packed: [T, 3h])
         if packed is not None:
             qkv = packed.pad(qkv)
-        q, k, v = qkv.view(b, s, 3, a, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, A, S, d]
-        if rows is not None:
+        p_attn = cfg.attention_probs_dropout_prob
+        if rows is None:
+            ctx = qkv_attention(qkv.view(b, s, 3 * h), a, mask, p_attn, self.training, be, cfg.attention_impl)
+        else:
+            q, k, v = split_heads(qkv.view(b, s, 3 * h), a)  # 3 x [B, A, S, d]
             if packed is not None:
                 x, packed = packed.pad(x), None
             s = rows.shape[1]
             q = q.gather(2, rows[:, None, :, None].expand(b, a, s, d))  # [B, A, R, d]
             x = x.gather(1, rows[:, :, None].expand(b, s, h))  # the residual at the rows, [B, R, h]
-        ctx = attention(q, k, v, mask, cfg.attention_probs_dropout_prob, self.training, be,
-                        cfg.attention_impl)
-        ctx = ctx.transpose(1, 2).reshape(b, s, h)
+            ctx = attention(q, k, v, mask, p_attn, self.training, be, cfg.attention_impl)
+            ctx = ctx.transpose(1, 2).reshape(b, s, h)
         if packed is not None:
             ctx = packed.unpad(ctx)  # [T, h]
         x = bias_dropout_residual_layer_norm(

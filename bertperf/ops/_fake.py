@@ -70,6 +70,24 @@ def _softmax_bwd(dy: Tensor, probs: Tensor, scale: float, p: float, seed: int) -
     return _like(probs)
 
 
+def _attention_scores(qkv: Tensor, heads: int) -> Tensor:
+    b, s, _ = qkv.shape
+    return qkv.new_empty((b, heads, s, s))
+
+
+def _attention_context(probs: Tensor, qkv: Tensor, heads: int) -> Tensor:
+    b, s, three_h = qkv.shape
+    return qkv.new_empty((b, s, three_h // 3))
+
+
+def _attention_context_bwd(dctx: Tensor, probs: Tensor, qkv: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    return _like(probs), _like(qkv)
+
+
+def _attention_scores_bwd(dscores: Tensor, qkv: Tensor, dqkv: Tensor, heads: int) -> None:
+    return None
+
+
 def _lamb_sq_norms(xs: Sequence[Tensor]) -> Tensor:
     return xs[0].new_empty((len(xs),), dtype=torch.float64)
 
@@ -98,6 +116,10 @@ FAKES = {
     "bias_dropout_residual_bwd": _bdr_bwd,
     "softmax_fwd": _softmax_fwd,
     "softmax_bwd": _softmax_bwd,
+    "attention_scores": _attention_scores,
+    "attention_context": _attention_context,
+    "attention_context_bwd": _attention_context_bwd,
+    "attention_scores_bwd": _attention_scores_bwd,
     "lamb_sq_norms": _lamb_sq_norms,
     "lamb_update_moments": _lamb_update_moments,
     "lamb_apply_update": _lamb_apply_update,

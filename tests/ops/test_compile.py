@@ -26,7 +26,8 @@ K = kernels("cpu", "layer_norm")  # loads the cpu kernels and registers the fake
 def test_every_op_has_a_fake():
     names = sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
                    if n.startswith("bertperf::")
-                   and n not in ("bertperf::cpu_isa", "bertperf::fast_math_eval"))  # test hooks
+                   and n not in ("bertperf::cpu_isa", "bertperf::fast_math_eval",  # test hooks
+                                 "bertperf::attention_gemm_available"))  # a capability query
     assert names and set(names) <= set(_fake.register()), names
 
 
@@ -40,7 +41,17 @@ def _opcheck_cases(dtype):
     m = torch.zeros(2, 1, 1, 7)
     y, mean, rstd = K.layer_norm_fwd(x, b, r, gamma, beta, 1e-5)
     _, probs = K.softmax_fwd(s, m, 0.5, 0.1, 3)
-    return [
+    cases = []
+    if dtype == torch.float32:  # the attention GEMMs are fp32 only
+        qkv = torch.randn(2, 7, 18, generator=g)
+        ctx = torch.randn(2, 7, 6, generator=g)
+        cases = [
+            (K.attention_scores, (qkv, 3)),
+            (K.attention_context, (s.float(), qkv, 3)),
+            (K.attention_context_bwd, (ctx, s.float(), qkv, 3)),
+            (K.attention_scores_bwd, (s.float(), qkv, torch.zeros_like(qkv), 3)),
+        ]
+    return cases + [
         (K.layer_norm_fwd, (x, b, r, gamma, beta, 1e-5)),
         (K.layer_norm_fwd, (x, None, None, gamma, beta, 1e-5)),
         (K.layer_norm_bwd, (y, x, b, r, gamma, mean, rstd)),
