@@ -9,10 +9,10 @@ v into contiguous buffers (and ctx and every gradient back), about 10 B S h floa
 layer that do no math. The `cpu` backend instead runs each of the four GEMMs as one MKL batch
 over the B*A (batch, head) problems with pointers into qkv, ctx and the gradient of qkv
 (`csrc/cpu/attention_gemm.cpp`), and the fused softmax of `bertperf.ops.softmax` in between:
-the same numbers (same GEMM kernels, same dropout mask) without the copies. Measured per layer,
-forward + backward at 2 threads (`python bench/bench_packed_attention.py`): 20-33% less time at
-seq 128; at seq 512 the GEMMs dominate and the batch gains nothing, so the model takes this path
-at seq <= MAX_SEQ only.
+the same numbers (same GEMM kernels, same dropout mask) without the copies. Forward + backward
+against that composite (`python bench/bench_packed_attention.py`, 1 and 2 threads): 1.37-1.43x
+at seq 128 (BERT-base and mini heads), 1.07-1.15x at seq 256; at seq 512, where the GEMMs
+dominate, a one-off measurement found it 13% slower, so the model takes it at seq <= MAX_SEQ.
 
 Only the `cpu` backend with fp32 has it (MKL has no batched bf16 GEMM with fp32 output that
 torch exports); everything else, and a torch build without MKL, runs `packed_attention_ref`'s
