@@ -29,8 +29,10 @@ from bertperf.model.bert import (
     bias_gelu,
     init_bert_weights,
     layer_norm,
+    model_backend,
 )
 from bertperf.model.config import BertConfig
+from bertperf.ops.cross_entropy import cross_entropy as ops_cross_entropy
 from bertperf.utils.errors import BertperfError
 
 
@@ -49,12 +51,31 @@ class BertMLMHead(nn.Module):
     def init_extra(self) -> None:
         nn.init.zeros_(self.bias)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """hidden: [..., h] -> logits [..., V]."""
+    def _transform(self, hidden: Tensor) -> Tensor:
         be = self.config.kernel_backend
         x = bias_gelu(F.linear(hidden, self.transform.weight), self.transform.bias, be)
-        x = layer_norm(x, self.norm, be)
+        return layer_norm(x, self.norm, be)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden: [..., h] -> logits [..., V]."""
+        x = self._transform(hidden)
         return decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
+
+    def loss(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden: [M, h], labels: int [M] -> (logits [M, V], mean cross-entropy fp32, correct count).
+
+        With a fused kernel backend the decoder GEMM leaves out the bias and the fused
+        `bertperf.ops.cross_entropy` adds it while it computes the loss, the count and the logits'
+        gradient in one pass; with "torch", `mlm_cross_entropy` over the biased logits."""
+        x = self._transform(hidden)
+        chosen = model_backend(self.config.kernel_backend, x.device)
+        if chosen == "torch" or labels.numel() == 0:
+            logits = decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
+            loss, correct = mlm_cross_entropy(logits, labels)
+            return logits, loss, correct
+        loss, correct, logits = ops_cross_entropy(decoder_linear(x, self.decoder.weight, None), self.bias,
+                                                  labels.long(), chosen)
+        return logits, loss, correct
 
 
 class _DecoderLinear(torch.autograd.Function):
@@ -64,8 +85,10 @@ class _DecoderLinear(torch.autograd.Function):
     added out of place either way (torch 2.13)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, weight)
+        if bias is None:
+            return torch.mm(x, weight.t())
         ctx.bias_dtype = bias.dtype
         return torch.addmm(bias, x, weight.t())
 
@@ -81,8 +104,8 @@ class _DecoderLinear(torch.autograd.Function):
         return dx, dw, db
 
 
-def decoder_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """The MLM decoder: x [..., h] @ weight [V, h]^T + bias [V] -> [..., V] (see `_DecoderLinear`)."""
+def decoder_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The MLM decoder: x [..., h] @ weight [V, h]^T (+ bias [V]) -> [..., V] (see `_DecoderLinear`)."""
     lead = x.shape[:-1]
     return _DecoderLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias).view(*lead, weight.shape[0])
 
@@ -224,11 +247,12 @@ class BertForPreTraining(BertPreTrainedModel):
                 hidden = out.last_hidden_state[valid]
             else:
                 hidden, valid = gather_masked(out.last_hidden_state, masked_lm_positions)
-            mlm_logits = self.mlm(hidden)  # [M, V]
             if masked_lm_ids is not None:
                 labels = masked_lm_ids[valid]
-                mlm_loss, mlm_correct = mlm_cross_entropy(mlm_logits, labels)
+                mlm_logits, mlm_loss, mlm_correct = self.mlm.loss(hidden, labels)  # logits [M, V]
                 mlm_count = torch.tensor(labels.numel(), device=labels.device)
+            else:
+                mlm_logits = self.mlm(hidden)  # [M, V]
         if next_sentence_labels is not None:
             labels = next_sentence_labels.reshape(-1).long()
             nsp_loss = F.cross_entropy(nsp_logits.float(), labels)

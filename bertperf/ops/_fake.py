@@ -70,6 +70,14 @@ def _softmax_bwd(dy: Tensor, probs: Tensor, scale: float, p: float, seed: int) -
     return _like(probs)
 
 
+def _cross_entropy_fwd(x: Tensor, bias: Tensor | None, labels: Tensor, scale: float
+                       ) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor | None]:
+    rows = x.new_empty((x.shape[0],), dtype=_acc(x))
+    y = _like(x) if bias is not None else None
+    dbias = _feature(x, _acc(x)) if bias is not None else None
+    return y, _like(x), rows, x.new_empty((x.shape[0],), dtype=torch.uint8), dbias
+
+
 def _attention_scores(qkv: Tensor, heads: int) -> Tensor:
     b, s, _ = qkv.shape
     return qkv.new_empty((b, heads, s, s))
@@ -116,6 +124,7 @@ FAKES = {
     "bias_dropout_residual_bwd": _bdr_bwd,
     "softmax_fwd": _softmax_fwd,
     "softmax_bwd": _softmax_bwd,
+    "cross_entropy_fwd": _cross_entropy_fwd,
     "attention_scores": _attention_scores,
     "attention_context": _attention_context,
     "attention_context_bwd": _attention_context_bwd,

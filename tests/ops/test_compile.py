@@ -51,6 +51,10 @@ def _opcheck_cases(dtype):
             (K.attention_context_bwd, (ctx, s.float(), qkv, 3)),
             (K.attention_scores_bwd, (s.float(), qkv, torch.zeros_like(qkv), 3)),
         ]
+    logits = torch.randn(4, 9, generator=g).to(dtype)
+    labels = torch.randint(0, 9, (4,), generator=g)
+    cases += [(K.cross_entropy_fwd, (logits, torch.randn(9, generator=g), labels, 0.25)),
+              (K.cross_entropy_fwd, (logits, None, labels, 0.25))]
     return cases + [
         (K.layer_norm_fwd, (x, b, r, gamma, beta, 1e-5)),
         (K.layer_norm_fwd, (x, None, None, gamma, beta, 1e-5)),
