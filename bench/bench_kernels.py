@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Case, collect, device, format_table, parser, use_malloc, with_totals  # noqa: E402
 
-OPS = ("layer_norm", "bias_gelu", "bias_dropout_residual", "softmax")
+OPS = ("layer_norm", "bias_gelu", "bias_dropout_residual", "softmax", "cross_entropy", "packed_attention")
 
 
 def main(argv: list[str] | None = None) -> int:

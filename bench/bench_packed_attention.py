@@ -22,6 +22,11 @@ from bertperf.ops.packed_attention import packed_attention, packed_attention_ref
 # label: (batch, seq, heads), head size 64
 SHAPES = {"base s128": (8, 128, 12), "base s256": (4, 256, 12), "mini s128": (8, 128, 4)}
 P = 0.1
+NOTES = [
+    "packed_attention: both sides run the same GEMM kernels and the same fused softmax; the "
+    "difference is the head split/merge copies (q, k, v and ctx forward, their gradients "
+    "backward) and torch's per-call overhead of the 4D matmuls.",
+]
 
 
 def build_cases(dev: torch.device, dtype: torch.dtype, dname: str, backend: str, big: bool = True) -> list[Case]:
@@ -44,10 +49,7 @@ def build_cases(dev: torch.device, dtype: torch.dtype, dname: str, backend: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench_main(build_cases, __doc__, argv, notes=[
-        "packed_attention: both sides run the same GEMM kernels and the same fused softmax; the "
-        "difference is the head split/merge copies (q, k, v and ctx forward, their gradients "
-        "backward) and torch's per-call overhead of the 4D matmuls."])
+    return bench_main(build_cases, __doc__, argv, notes=NOTES)
 
 
 if __name__ == "__main__":
