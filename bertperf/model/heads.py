@@ -51,30 +51,26 @@ class BertMLMHead(nn.Module):
     def init_extra(self) -> None:
         nn.init.zeros_(self.bias)
 
-    def _transform(self, hidden: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """hidden: [..., h] -> logits [..., V]; with labels (int [M], hidden [M, h]): (logits [M, V],
+        mean cross-entropy fp32, correct count).
+
+        The loss goes through this forward (not a separate method) so that module hooks, e.g.
+        ZeRO-3's parameter gathering, see the bias used. With a fused kernel backend the decoder
+        GEMM leaves out the bias and `bertperf.ops.cross_entropy` adds it while it computes the
+        loss, the count and the logits' gradient in one pass; with "torch", `mlm_cross_entropy`
+        over the biased logits."""
         be = self.config.kernel_backend
         x = bias_gelu(F.linear(hidden, self.transform.weight), self.transform.bias, be)
-        return layer_norm(x, self.norm, be)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """hidden: [..., h] -> logits [..., V]."""
-        x = self._transform(hidden)
-        return decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
-
-    def loss(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """hidden: [M, h], labels: int [M] -> (logits [M, V], mean cross-entropy fp32, correct count).
-
-        With a fused kernel backend the decoder GEMM leaves out the bias and the fused
-        `bertperf.ops.cross_entropy` adds it while it computes the loss, the count and the logits'
-        gradient in one pass; with "torch", `mlm_cross_entropy` over the biased logits."""
-        x = self._transform(hidden)
-        chosen = model_backend(self.config.kernel_backend, x.device)
-        if chosen == "torch" or labels.numel() == 0:
-            logits = decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
-            loss, correct = mlm_cross_entropy(logits, labels)
+        x = layer_norm(x, self.norm, be)
+        if labels is not None and labels.numel() > 0 and model_backend(be, x.device) != "torch":
+            loss, correct, logits = ops_cross_entropy(decoder_linear(x, self.decoder.weight, None), self.bias,
+                                                      labels.long(), model_backend(be, x.device))
             return logits, loss, correct
-        loss, correct, logits = ops_cross_entropy(decoder_linear(x, self.decoder.weight, None), self.bias,
-                                                  labels.long(), chosen)
+        logits = decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
+        if labels is None:
+            return logits
+        loss, correct = mlm_cross_entropy(logits, labels)
         return logits, loss, correct
 
 
@@ -249,7 +245,7 @@ class BertForPreTraining(BertPreTrainedModel):
                 hidden, valid = gather_masked(out.last_hidden_state, masked_lm_positions)
             if masked_lm_ids is not None:
                 labels = masked_lm_ids[valid]
-                mlm_logits, mlm_loss, mlm_correct = self.mlm.loss(hidden, labels)  # logits [M, V]
+                mlm_logits, mlm_loss, mlm_correct = self.mlm(hidden, labels)  # logits [M, V]
                 mlm_count = torch.tensor(labels.numel(), device=labels.device)
             else:
                 mlm_logits = self.mlm(hidden)  # [M, V]

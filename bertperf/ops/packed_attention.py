@@ -56,6 +56,22 @@ def _gemm_available() -> bool:
     return bool(kernels("cpu", "attention_gemm").attention_gemm_available())
 
 
+def flop_formulas() -> dict:
+    """{op: formula} for torch's FlopCounterMode(custom_mapping=...): the GEMM FLOPs of the four
+    ops, 2 B S^2 h per product (what the counter credits the copying path's bmm's). Loads the
+    cpu kernels."""
+    ops = kernels("cpu", "attention_gemm")
+
+    def products(n: int, qkv_arg: int):
+        def flops(*args, out_shape=None, **kwargs) -> int:
+            b, s, three_h = args[qkv_arg]  # the counter passes shapes
+            return n * 2 * b * s * s * (three_h // 3)
+        return flops
+
+    return {ops.attention_scores: products(1, 0), ops.attention_context: products(1, 1),
+            ops.attention_context_bwd: products(2, 2), ops.attention_scores_bwd: products(2, 1)}
+
+
 def packed_attention_supported(qkv: Tensor, backend: str) -> bool:
     """Whether `packed_attention` runs the copy-free GEMMs for this input on this resolved
     backend: cpu, fp32, seq <= MAX_SEQ, and an MKL in torch."""

@@ -75,11 +75,13 @@ def test_formula_matches_torch_flop_counter():
 @pytest.mark.parametrize("sparse", [False, True])
 def test_bertperf_model_flops_match_formula(sparse):
     """torch's FLOP counter over one training step of bertperf's own BertForPreTraining (fused
-    attention: plain matmuls the counter sees) equals the formula; with `sparse_last_layer` the
-    formula's `last_layer_rows = m + 1` ([CLS] and the masked rows)."""
+    attention; the counter is given the FLOPs of the copy-free attention GEMM ops, and counts the
+    rest itself) equals the formula; with `sparse_last_layer` the formula's
+    `last_layer_rows = m + 1` ([CLS] and the masked rows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from bertperf.model import BertConfig, BertForPreTraining
+    from bertperf.ops.packed_attention import flop_formulas
 
     L, h, inter, heads, V, s, m = 2, 64, 128, 4, 500, 24, 5
     cfg = BertConfig(vocab_size=V, hidden_size=h, num_hidden_layers=L, num_attention_heads=heads,
@@ -89,7 +91,7 @@ def test_bertperf_model_flops_match_formula(sparse):
     model = BertForPreTraining(cfg).train()
     ids = torch.randint(5, V, (1, s))
     positions = torch.tensor([[1, 4, 7, 11, 20]])
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
         out = model(ids, torch.zeros_like(ids), torch.ones_like(ids), positions, ids.gather(1, positions),
                     torch.tensor([1]))
         out.loss.backward()
