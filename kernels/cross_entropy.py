@@ -26,6 +26,15 @@ MAX_BLOCK = 4096
 
 
 @triton.jit
+def _load_logits(x_ptr, bias_ptr, base, c, msk, HAS_BIAS: tl.constexpr):
+    """z = x[row, c] (+ bias[c]) in fp32 for the columns c of one block (masked lanes 0)."""
+    z = tl.load(x_ptr + base + c, mask=msk, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + c, mask=msk, other=0.0)
+    return z
+
+
+@triton.jit
 def _ce_fwd_kernel(
     x_ptr,  # [rows, cols] T, contiguous
     bias_ptr,  # [cols] fp32 (ignored unless HAS_BIAS)
@@ -49,9 +58,8 @@ def _ce_fwd_kernel(
     for start in range(0, cols, BLOCK):
         c = start + offs
         msk = c < cols
-        z = tl.load(x_ptr + base + c, mask=msk, other=0.0).to(tl.float32)
+        z = _load_logits(x_ptr, bias_ptr, base, c, msk, HAS_BIAS)
         if HAS_BIAS:
-            z += tl.load(bias_ptr + c, mask=msk, other=0.0)
             tl.store(y_ptr + base + c, z.to(y_ptr.dtype.element_ty), mask=msk)
         z = tl.where(msk, z, -float("inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
@@ -69,9 +77,7 @@ def _ce_fwd_kernel(
     for start in range(0, cols, BLOCK):
         c = start + offs
         msk = c < cols
-        z = tl.load(x_ptr + base + c, mask=msk, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            z += tl.load(bias_ptr + c, mask=msk, other=0.0)
+        z = _load_logits(x_ptr, bias_ptr, base, c, msk, HAS_BIAS)
         p = tl.exp(z - lse)
         g = scale * tl.where(c == label, p - 1.0, p)
         tl.store(grad_ptr + base + c, g.to(grad_ptr.dtype.element_ty), mask=msk)

@@ -9,8 +9,10 @@ FLOPs, and computing it densely for ~15% useful rows wastes most of them.
 Losses: MLM = mean cross-entropy over the M predictions; NSP = mean cross-entropy over the
 batch (label 1 = random next sentence, as Google's `is_random_next` and HF's
 `next_sentence_label`); pre-training loss = MLM + NSP. Cross-entropy runs in fp32. The MLM
-loss is `mlm_cross_entropy` (softmax, loss, correct count and the logits' gradient in one forward;
-the backward scales that gradient in place), the decoder is `decoder_linear` (a contiguous weight
+loss is, with a fused kernel backend, `bertperf.ops.cross_entropy` (the decoder's bias add,
+softmax, loss, correct count and the logits' gradient in one pass over [M, V]), with "torch"
+`mlm_cross_entropy` (the same in torch ops; the backward scales the gradient in place); the
+decoder is `decoder_linear` (a contiguous weight
 gradient, see `_DecoderLinear`), and with MLM labels the tied word lookup's gradient is sparse
 (see `bertperf.model.bert.BertEmbeddings.forward`).
 """
@@ -63,9 +65,10 @@ class BertMLMHead(nn.Module):
         be = self.config.kernel_backend
         x = bias_gelu(F.linear(hidden, self.transform.weight), self.transform.bias, be)
         x = layer_norm(x, self.norm, be)
-        if labels is not None and labels.numel() > 0 and model_backend(be, x.device) != "torch":
+        chosen = model_backend(be, x.device)
+        if labels is not None and labels.numel() > 0 and chosen != "torch":
             loss, correct, logits = ops_cross_entropy(decoder_linear(x, self.decoder.weight, None), self.bias,
-                                                      labels.long(), model_backend(be, x.device))
+                                                      labels.long(), chosen)
             return logits, loss, correct
         logits = decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
         if labels is None:
