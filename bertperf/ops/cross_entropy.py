@@ -5,13 +5,13 @@ logits gradient, in one pass over the [M, V] logits.
 
 x: [M, V] logits without the bias (fp32 or bf16; fp64 on the cpu backend), bias: [V] or None,
 labels: int [M] in [0, V) (no ignore index: pass only the rows that have a label). Returns
-(loss scalar in fp32 (fp64 for fp64 x), correct int64 scalar, y [M, V] in x's dtype). Made for the MLM head (M masked
-tokens x a 30522-word vocabulary): the eager composite adds the bias (a broadcast copy), runs a
-softmax, two max passes, and in the backward a scaling pass and a column sum for the bias
-gradient; the kernel reads x once and writes y and the gradient once (`bertperf/cross_entropy.h`),
-computing the gradient of the mean loss and the bias gradient in the forward. The backward only
-scales them when the incoming gradient is not 1 (and adds y's gradient if y was used); it keeps
-no [M, V] buffer beyond the gradient itself.
+(loss scalar in fp32, fp64 for fp64 x; correct int64 scalar; y [M, V] in x's dtype). Made for
+the MLM head (M masked tokens x a 30522-word vocabulary): the eager composite adds the bias (a
+broadcast copy), runs a softmax, two max passes, and in the backward a scaling pass and a column
+sum for the bias gradient; the kernel reads x once and writes y and the gradient once
+(`bertperf/cross_entropy.h`), computing the gradient of the mean loss and the bias gradient in
+the forward. The backward only scales them when the incoming gradient is not 1 (and adds y's
+gradient if y was used); it keeps no [M, V] buffer beyond the gradient itself.
 A tie with the maximal logit counts as correct.
 """
 from __future__ import annotations
