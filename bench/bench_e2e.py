@@ -10,9 +10,12 @@ on the same batch with the same thread count; both use torch's fused AdamW (`fus
 optimizer transformers' Trainer picks by default on recent torch):
 - `bertperf`: `bertperf.model.BertForPreTraining` (sparse MLM head: only the masked positions
   reach the decoder; fused QKV; the model's defaults `--kernel_backend auto` (the C++ kernels
-  on CPU) and `--attention_impl auto` (the fused attention with them, else SDPA)). bf16 is bertperf's own path, as DeepSpeed's bf16 mode runs
-  it: bf16 weights and activations, fp32 master weights and AdamW state, gradients copied to fp32
-  before the step and the masters back after it (`Bf16MasterAdamW`: one foreach copy each way).
+  on CPU) and `--attention_impl auto` (the fused attention with them, else SDPA)). bf16 is
+  bertperf's own path, as DeepSpeed's bf16 mode runs it: bf16 weights and activations, fp32
+  master weights and AdamW state, gradients copied to fp32 before the step and the masters back
+  after it (`Bf16MasterAdamW`: one foreach copy each way). On a CPU without AMX its projections
+  are fp32 GEMMs over the bf16 values (the same products and fp32 sums as a bf16 GEMM, at the
+  fp32 rate: `bertperf.ops.linear`); the attention GEMMs stay bf16.
 - `bertperf-unpad` (not in the default matrix): bertperf with `config.unpad` (pad tokens skipped
   outside attention); only meaningful with padded batches (`--min_len`), e.g.
   `--frameworks bertperf bertperf-unpad hf --min_len 32 --modes eager --no-base512`.

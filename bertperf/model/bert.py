@@ -49,6 +49,7 @@ from bertperf.ops.backend import resolve_backend
 from bertperf.ops.bias_dropout_residual import bias_dropout_residual as ops_bias_dropout_residual
 from bertperf.ops.bias_gelu import bias_gelu as ops_bias_gelu
 from bertperf.ops.layer_norm import layer_norm as ops_layer_norm
+from bertperf.ops.linear import linear
 from bertperf.ops.packed_attention import packed_attention, packed_attention_supported, split_heads
 from bertperf.ops.softmax import softmax as ops_softmax
 from bertperf.utils.errors import BertperfError
@@ -280,7 +281,8 @@ class BertLayer(nn.Module):
         be, h = cfg.kernel_backend, cfg.hidden_size
         b, s = (packed.batch, packed.seq) if packed is not None else (x.shape[0], x.shape[1])
         a, d = cfg.num_attention_heads, cfg.head_size
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, S, 3h] (packed: [T, 3h])
+        gemm = model_backend(be, x.device)  # the bf16 GEMM policy of bertperf.ops.linear
+        qkv = linear(x, self.qkv.weight, self.qkv.bias, gemm)  # [B, S, 3h] (packed: [T, 3h])
         if packed is not None:
             qkv = packed.pad(qkv)
         p_attn = cfg.attention_probs_dropout_prob
@@ -298,11 +300,11 @@ class BertLayer(nn.Module):
         if packed is not None:
             ctx = packed.unpad(ctx)  # [T, h]
         x = bias_dropout_residual_layer_norm(
-            F.linear(ctx, self.attn_out.weight), self.attn_out.bias, x, self.attn_norm,
+            linear(ctx, self.attn_out.weight, None, gemm), self.attn_out.bias, x, self.attn_norm,
             cfg.hidden_dropout_prob, self.training, be)
-        mid = bias_gelu(F.linear(x, self.ffn_in.weight), self.ffn_in.bias, be)  # [B, S, I]
+        mid = bias_gelu(linear(x, self.ffn_in.weight, None, gemm), self.ffn_in.bias, be)  # [B, S, I]
         return bias_dropout_residual_layer_norm(
-            F.linear(mid, self.ffn_out.weight), self.ffn_out.bias, x, self.ffn_norm,
+            linear(mid, self.ffn_out.weight, None, gemm), self.ffn_out.bias, x, self.ffn_norm,
             cfg.hidden_dropout_prob, self.training, be)
 
 

@@ -35,6 +35,7 @@ from bertperf.model.bert import (
 )
 from bertperf.model.config import BertConfig
 from bertperf.ops.cross_entropy import cross_entropy as ops_cross_entropy
+from bertperf.ops.linear import linear, uses_fp32_gemm
 from bertperf.utils.errors import BertperfError
 
 
@@ -63,14 +64,14 @@ class BertMLMHead(nn.Module):
         loss, the count and the logits' gradient in one pass; with "torch", `mlm_cross_entropy`
         over the biased logits."""
         be = self.config.kernel_backend
-        x = bias_gelu(F.linear(hidden, self.transform.weight), self.transform.bias, be)
+        chosen = model_backend(be, hidden.device)
+        x = bias_gelu(linear(hidden, self.transform.weight, None, chosen), self.transform.bias, be)
         x = layer_norm(x, self.norm, be)
-        chosen = model_backend(be, x.device)
         if labels is not None and labels.numel() > 0 and chosen != "torch":
-            loss, correct, logits = ops_cross_entropy(decoder_linear(x, self.decoder.weight, None), self.bias,
-                                                      labels.long(), chosen)
+            loss, correct, logits = ops_cross_entropy(decoder_linear(x, self.decoder.weight, None, chosen),
+                                                      self.bias, labels.long(), chosen)
             return logits, loss, correct
-        logits = decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype))
+        logits = decoder_linear(x, self.decoder.weight, self.bias.to(x.dtype), chosen)
         if labels is None:
             return logits
         loss, correct = mlm_cross_entropy(logits, labels)
@@ -81,32 +82,38 @@ class _DecoderLinear(torch.autograd.Function):
     """x W^T + b whose weight gradient is a fresh contiguous [V, h] tensor (G^T x), not the
     transposed view autograd's linear returns: autograd adds the tied word lookup's dense gradient
     into it in place (into the view it makes a third [V, h] tensor). A sparse lookup gradient is
-    added out of place either way (torch 2.13)."""
+    added out of place either way (torch 2.13). fp32_gemm: bf16 operands multiplied by fp32 GEMMs
+    (see `bertperf.ops.linear`), results rounded to bf16."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, fp32_gemm: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, weight)
-        if bias is None:
-            return torch.mm(x, weight.t())
-        ctx.bias_dtype = bias.dtype
-        return torch.addmm(bias, x, weight.t())
+        ctx.fp32_gemm = fp32_gemm
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        a, w = (x.float(), weight.float()) if fp32_gemm else (x, weight)
+        y = torch.mm(a, w.t()) if bias is None else torch.addmm(bias.to(a.dtype), a, w.t())
+        return y.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         # under autocast the forward GEMM ran in the autocast dtype (grad's): so do these, then
         # cast back to the inputs' dtypes (as autocast's own linear backward does)
-        dt = grad.dtype
-        dx = grad.mm(weight.to(dt)).to(x.dtype) if ctx.needs_input_grad[0] else None
-        dw = grad.t().mm(x.to(dt)).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        db = grad.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
-        return dx, dw, db
+        dt = torch.float32 if ctx.fp32_gemm else grad.dtype
+        g = grad.to(dt)
+        dx = g.mm(weight.to(dt)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        dw = g.t().mm(x.to(dt)).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        db = g.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None
 
 
-def decoder_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """The MLM decoder: x [..., h] @ weight [V, h]^T (+ bias [V]) -> [..., V] (see `_DecoderLinear`)."""
+def decoder_linear(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str = "torch") -> Tensor:
+    """The MLM decoder: x [..., h] @ weight [V, h]^T (+ bias [V]) -> [..., V] (see `_DecoderLinear`);
+    `backend`: the model's resolved kernel backend (the bf16 GEMM policy of `bertperf.ops.linear`)."""
     lead = x.shape[:-1]
-    return _DecoderLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias).view(*lead, weight.shape[0])
+    x2 = x.reshape(-1, x.shape[-1])
+    out = _DecoderLinear.apply(x2, weight, bias, uses_fp32_gemm(x2, weight, backend))
+    return out.view(*lead, weight.shape[0])
 
 
 class _MLMCrossEntropy(torch.autograd.Function):
