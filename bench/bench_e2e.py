@@ -50,7 +50,9 @@ only). The same model FLOPs are credited to both contenders: HF's dense head doe
 work (128 / 20 positions) that this count does not reward: HF executes 4.1x the model count at
 tiny, 2.4x at mini, 1.9x at small, 1.2x at base (seq 128), and 4.8x, 2.8x, 2.2x and 1.3x what
 bertperf executes. MFU = achieved FLOP/s / the peak GEMM rate measured in
-the contender's process (square fp32 and bf16 matmuls of `--gemm` size at the same thread count);
+the contender's process (square fp32 and bf16 matmuls of `--gemm` size at the same thread count)
+of the precision its GEMMs run in (bertperf's eager bf16 on a CPU without AMX: fp32, see
+`bertperf.ops.linear`; the row's `gemm_precision`);
 "MFU own FLOPs" credits each contender with the FLOPs it executes (HF: the head at every position; bertperf: its
 last layer at [CLS] and the masked rows only, `BertConfig.sparse_last_layer`, which the model count
 does not credit: there it shows as speed).
@@ -249,6 +251,22 @@ def peak_gemm(n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
     return best
 
 
+def gemm_precision(c: "Contender", args: argparse.Namespace) -> str:
+    """The precision bertperf's GEMMs run in: eager bf16 with the cpu kernels on a CPU without AMX
+    runs its projections as fp32 GEMMs (`bertperf.ops.linear`), so its MFU is against the fp32
+    peak; every other contender's GEMMs run in its precision."""
+    from bertperf.ops.linear import bf16_gemm_in_fp32
+
+    if (c.name.startswith("bertperf") and c.precision == "bf16" and c.mode == "eager"
+            and args.kernel_backend in ("auto", "cpu") and device_is_cpu() and bf16_gemm_in_fp32()):
+        return "fp32"
+    return c.precision
+
+
+def device_is_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
 def time_steps(step: Callable[[], None], steps: int) -> float:
     t = time.perf_counter()
     for _ in range(steps):
@@ -289,6 +307,7 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
     for c in contenders:
         med = statistics.median(rates[c.label])
         tflops = fps * med / 1e12
+        gemm = gemm_precision(c, args)
         rows.append({"model": model, "seq": seq, "batch": b, "min_len": args.min_len, "steps": steps,
                      "rounds": args.rounds,
                      "threads": torch.get_num_threads(),
@@ -296,9 +315,10 @@ def run_case(model: str, seq: int, args: argparse.Namespace, peaks: dict[str, fl
                      "seq_per_s": round(med, 3), "seq_per_s_min": round(min(rates[c.label]), 3),
                      "seq_per_s_max": round(max(rates[c.label]), 3),
                      "x_best_hf_same_precision": None, "x_hf_fp32_eager": None,  # add_ratios
-                     "tflops": round(tflops, 4), "mfu": round(tflops * 1e12 / peaks[c.precision], 4),
-                     "mfu_own_flops": round(own_fps.get(c.name, fps) * med / peaks[c.precision], 4),
-                     "peak_gflops": round(peaks[c.precision] / 1e9, 1),  # the peak GEMM rate the MFU uses
+                     "tflops": round(tflops, 4), "mfu": round(tflops * 1e12 / peaks[gemm], 4),
+                     "mfu_own_flops": round(own_fps.get(c.name, fps) * med / peaks[gemm], 4),
+                     "gemm_precision": gemm,  # what its GEMMs run in
+                     "peak_gflops": round(peaks[gemm] / 1e9, 1),  # the peak GEMM rate the MFU uses
                      "warmup_s": round(c.warmup_s, 1)})
     del contenders
     gc.collect()
@@ -499,7 +519,7 @@ def run_per_mode_processes(modes: list[str], argv: list[str] | None, args: argpa
                                     f"above): {' '.join(cmd)}")
             with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
-            peaks[mode] = {r["precision"]: r["peak_gflops"] * 1e9 for r in doc["rows"]}
+            peaks[mode] = {r.get("gemm_precision", r["precision"]): r["peak_gflops"] * 1e9 for r in doc["rows"]}
             rows += doc["rows"]
     order = {k: i for i, k in enumerate(bench_cases(args))}
     rows.sort(key=lambda r: (order.get((r["model"], r["seq"]), len(order)), args.frameworks.index(r["contender"]),
