@@ -7,8 +7,8 @@ On a CPU with AMX, oneDNN's bf16 GEMM (what F.linear runs for bf16) is several t
 fp32. Without AMX it uses AVX512-BF16 dot products and reaches half the fp32 GEMM rate (measured
 here: 168 against 335 GFLOP/s, MKL's own bf16 GEMM 170). There the `cpu` kernel backend runs
 bf16 projections as fp32 GEMMs over the upcast bf16 values and rounds the result to bf16:
-weights, activations and gradients stay bf16 in memory. BERT-base bf16 training ran 1.58x
-faster that way (a whole step, `bench/bench_e2e.py --precisions bf16`).
+weights, activations and gradients stay bf16 in memory (the README's e2e table has the bf16
+training speed this gives).
 
 `linear(x, weight, bias, backend)`: backend is the model's resolved kernel backend; only "cpu"
 with bf16 x and weight on a CPU without AMX takes the fp32 GEMM, everything else is F.linear.
