@@ -88,7 +88,7 @@ from bertperf.utils.errors import BertperfError, run_cli
 from bertperf.utils.malloc import describe
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_malloc_argument, use_malloc  # noqa: E402
+from common import add_malloc_argument, device, use_malloc  # noqa: E402
 
 MODELS = ("tiny", "mini", "small", "base")
 MASKED = {128: 20, 512: 80}
@@ -258,13 +258,9 @@ def gemm_precision(c: "Contender", args: argparse.Namespace) -> str:
     from bertperf.ops.linear import bf16_gemm_in_fp32
 
     if (c.name.startswith("bertperf") and c.precision == "bf16" and c.mode == "eager"
-            and args.kernel_backend in ("auto", "cpu") and device_is_cpu() and bf16_gemm_in_fp32()):
+            and args.kernel_backend in ("auto", "cpu") and device().type == "cpu" and bf16_gemm_in_fp32()):
         return "fp32"
     return c.precision
-
-
-def device_is_cpu() -> bool:
-    return not torch.cuda.is_available()
 
 
 def time_steps(step: Callable[[], None], steps: int) -> float:

@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Case, collect, device, format_table, parser, use_malloc, with_totals  # noqa: E402
 
 OPS = ("layer_norm", "bias_gelu", "bias_dropout_residual", "softmax", "cross_entropy", "packed_attention")
+# packed_attention removes layout copies around GEMMs (its time is GEMMs): reported, but not
+# counted against the 1.5x / 70%-bandwidth targets of the fused element-wise ops
+UNTARGETED = ("packed_attention",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, bandwidth = collect(build_all, args)
     print(format_table(rows, bandwidth, device()))
-    slow = [r for r in with_totals(rows) if r.pass_ == "fwd+bwd" and r.vs_eager < 1.5]
+    counted = [r for r in with_totals(rows) if not r.op.startswith(UNTARGETED)]
+    slow = [r for r in counted if r.pass_ == "fwd+bwd" and r.vs_eager < 1.5]
     low_bw = [r for r in rows if r.bw_frac is not None and r.bw_frac < 0.7]
-    print(f"\nfwd+bwd below 1.5x eager: {len(slow)}; beyond-cache passes below 70% of the copy "
+    print(f"\nfwd+bwd below 1.5x eager (packed_attention not counted): {len(slow)}; beyond-cache passes below 70% of the copy "
           f"bandwidth: {len(low_bw)} of {sum(r.bw_frac is not None for r in rows)}")
     if notes:
         print("\n" + "\n".join(notes))

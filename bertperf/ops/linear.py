@@ -5,7 +5,7 @@ A bf16 GEMM multiplies bf16 values and accumulates in fp32. The product of two b
 result rounded to bf16, is the same arithmetic; only the order of the fp32 additions may differ.
 On a CPU with AMX, oneDNN's bf16 GEMM (what F.linear runs for bf16) is several times faster than
 fp32. Without AMX it uses AVX512-BF16 dot products and reaches half the fp32 GEMM rate (measured
-here: 168 against 335 GFLOP/s, MKL's own bf16 GEMM 170). There the `cpu` kernel backend runs
+here by `bench/bench_e2e.py`'s GEMM probe: 168 against 335 GFLOP/s). There the `cpu` kernel backend runs
 bf16 projections as fp32 GEMMs over the upcast bf16 values and rounds the result to bf16:
 weights, activations and gradients stay bf16 in memory (the README's e2e table has the bf16
 training speed this gives).
